@@ -1,0 +1,369 @@
+"""The audit protocol: a pre-registered YAML file, validated into frozen dataclasses and hashed.
+
+Loading is strict: unknown keys, wrong types and values outside an allowed set are errors that name the
+field path (``statistics.multiplicity``), the allowed values and the value found. The sha256 of the
+protocol's canonical form (defaults filled, keys sorted, compact JSON) goes into every output, so two
+runs with the same hash were pre-registered identically.
+
+The ``sites`` and ``model`` sections are kept as validated-later mappings: their schemas belong to
+:mod:`audit.sites` and :mod:`audit.inference`, which check them with the same style of errors when
+the pipeline starts (:func:`audit.pipeline.resolve_protocol`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from audit import ontology
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ProtocolError",
+    "SyntheticCohortSettings",
+    "MetricSettings",
+    "SubgroupSettings",
+    "AdjustedModelSettings",
+    "StatisticsSettings",
+    "AcceptanceCriterion",
+    "ReportSettings",
+    "Protocol",
+    "load_protocol",
+    "protocol_from_dict",
+    "protocol_to_dict",
+    "protocol_sha256",
+]
+
+
+class ProtocolError(ValueError):
+    """A protocol file that does not follow the schema; the message names the field path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticCohortSettings:
+    """Generate the embedded synthetic cohort into ``<run>/cohort`` before the audit."""
+
+    seed: int = 0
+    n_cases: int = 48
+    hard_site: str | None = "site-D"
+    age_effect: bool = True
+    null_sites: bool = False
+    repeat_fraction: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSettings:
+    """Which metrics to compute and the empty-mask policy."""
+
+    names: tuple[str, ...] = ("dice", "hd95")
+    nsd_tolerances_mm: tuple[float, ...] = ()
+    missed_distance: float | Literal["diagonal"] = "diagonal"
+    per_level: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SubgroupSettings:
+    """Subgroup axes: metadata columns, age bands (edges in years) and intersections."""
+
+    columns: tuple[str, ...] = ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band")
+    age_bands: tuple[float, ...] = (18.0, 40.0, 60.0, 75.0, 120.0)
+    intersections: tuple[tuple[str, ...], ...] = ()
+    reference_groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdjustedModelSettings:
+    """A mixed model of a case-level metric on several factors with a random intercept per site."""
+
+    enabled: bool = True
+    metric: str = "dice"
+    structure: str | None = None
+    factors: tuple[str, ...] = ("vendor", "field_strength", "age_years", "sex", "race")
+    groups: str = "site"
+
+
+@dataclasses.dataclass(frozen=True)
+class StatisticsSettings:
+    """Uncertainty, testing and multiplicity settings."""
+
+    confidence_level: float = 0.95
+    bootstrap_iterations: int = 1000
+    bootstrap_method: Literal["percentile", "bca"] = "percentile"
+    seed: int = 0
+    alpha: float = 0.05
+    multiplicity: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"
+    min_group_size: int = 10
+    primary_metric: str = "dice"
+    equivalence_margins: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    failure_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    adjusted_model: AdjustedModelSettings = dataclasses.field(default_factory=AdjustedModelSettings)
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceptanceCriterion:
+    """One pre-registered acceptance criterion.
+
+    ``estimate`` is what is judged: the ``mean`` or ``median`` of the metric, the ``failure_rate``
+    (share of cases beyond ``statistics.failure_thresholds``), the ``gap_vs_reference`` (largest absolute
+    gap of any group to the reference group of ``scope``) or ``gap_worst_best``. ``bound`` says whether the
+    lower or upper confidence bound (or the point estimate) is compared with ``threshold`` by ``operator``.
+    ``scope`` is ``overall`` or a subgroup axis (every group of that axis must pass). ``structure`` is a
+    structure name or ``all`` (every protocol structure must pass).
+    """
+
+    id: str
+    metric: str
+    threshold: float
+    operator: Literal[">=", "<="] = ">="
+    estimate: Literal["mean", "median", "failure_rate", "gap_vs_reference", "gap_worst_best"] = "mean"
+    bound: Literal["lower", "upper", "point"] = "lower"
+    scope: str = "overall"
+    structure: str = "all"
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSettings:
+    """Presentation settings; ``synthetic_columns`` are flagged as synthetic in the report."""
+
+    title: str = "Segmentation model audit"
+    synthetic_columns: tuple[str, ...] = ()
+    worst_cases_per_group: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A validated audit protocol. Build it with :func:`load_protocol` or :func:`protocol_from_dict`."""
+
+    name: str
+    version: str
+    model: Mapping[str, Any]
+    structures: tuple[str, ...]
+    sites: tuple[Mapping[str, Any], ...] = ()
+    description: str = ""
+    synthetic_cohort: SyntheticCohortSettings | None = None
+    metrics: MetricSettings = dataclasses.field(default_factory=MetricSettings)
+    subgroups: SubgroupSettings = dataclasses.field(default_factory=SubgroupSettings)
+    statistics: StatisticsSettings = dataclasses.field(default_factory=StatisticsSettings)
+    acceptance: tuple[AcceptanceCriterion, ...] = ()
+    report: ReportSettings = dataclasses.field(default_factory=ReportSettings)
+    #: Folder of the protocol file; relative paths in ``sites`` and ``model`` resolve against it.
+    base_dir: str = dataclasses.field(default=".", compare=False)
+
+    @property
+    def sha256(self) -> str:
+        """The sha256 of the canonical form (see :func:`protocol_sha256`)."""
+        return protocol_sha256(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic strict conversion of plain YAML data into the dataclasses above.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ProtocolError(f"{path}: allowed values are {list(args)}; found {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _convert(value, option, path)
+            except ProtocolError as exc:
+                errors.append(str(exc))
+        raise ProtocolError(f"{path}: expected {_type_name(tp)}; found {value!r}")
+    if tp is type(None):
+        if value is not None:
+            raise ProtocolError(f"{path}: expected null; found {value!r}")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{path}: expected true or false; found {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"{path}: expected an integer; found {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError(f"{path}: expected a number; found {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{path}: expected a string; found {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ProtocolError(f"{path}: expected a list; found {value!r}")
+        item_tp = args[0]
+        return tuple(_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ProtocolError(f"{path}: expected a mapping; found {value!r}")
+        key_tp, val_tp = args
+        return types.MappingProxyType(
+            {_convert(k, key_tp, f"{path}"): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+        )
+    raise TypeError(f"protocol schema: unsupported annotation {tp!r} at {path}")  # pragma: no cover
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    where = path or "protocol"
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"{where}: expected a mapping; found {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{path}." if path else ""
+        raise ProtocolError(f"{prefix}{unknown[0]}: unknown key; allowed keys at {where} are {sorted(fields)}")
+    kwargs = {}
+    for name, field in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], sub)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ProtocolError(f"{sub}: required key is missing")
+    return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    """Turn dataclasses, mapping proxies and tuples into JSON-ready data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "base_dir"}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Semantic checks that types alone cannot express.
+
+_METADATA_AXES = ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band", "scanner_model")
+
+
+def _check_semantics(protocol: Protocol) -> None:
+    if not protocol.structures:
+        raise ProtocolError("structures: at least one structure is required")
+    for i, name in enumerate(protocol.structures):
+        try:
+            ontology.structure(name)
+        except KeyError as exc:
+            raise ProtocolError(f"structures[{i}]: {exc.args[0]}") from None
+    if not protocol.sites and protocol.synthetic_cohort is None:
+        raise ProtocolError("sites: at least one site is required (or a synthetic_cohort section)")
+    for i, site in enumerate(protocol.sites):
+        if "config" not in site and "name" not in site:
+            raise ProtocolError(f"sites[{i}]: each site needs a 'name' (inline config) or a 'config' path; found {dict(site)}")
+    for key in ("kind", "path"):
+        if key not in protocol.model and not (key == "path" and protocol.model.get("kind") == "predictions"):
+            raise ProtocolError(f"model.{key}: required key is missing")
+    stats = protocol.statistics
+    if not 0.5 < stats.confidence_level < 1:
+        raise ProtocolError(f"statistics.confidence_level: must be in (0.5, 1); found {stats.confidence_level}")
+    if not 0 < stats.alpha < 0.5:
+        raise ProtocolError(f"statistics.alpha: must be in (0, 0.5); found {stats.alpha}")
+    if stats.bootstrap_iterations < 100:
+        raise ProtocolError(f"statistics.bootstrap_iterations: must be at least 100; found {stats.bootstrap_iterations}")
+    if stats.min_group_size < 2:
+        raise ProtocolError(f"statistics.min_group_size: must be at least 2; found {stats.min_group_size}")
+    edges = protocol.subgroups.age_bands
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ProtocolError(f"subgroups.age_bands: need at least two strictly increasing edges; found {list(edges)}")
+    metric_names = set(protocol.metrics.names) | {f"nsd_{t:g}mm" for t in protocol.metrics.nsd_tolerances_mm}
+    for i, crit in enumerate(protocol.acceptance):
+        where = f"acceptance[{i}]"
+        if crit.metric not in metric_names:
+            raise ProtocolError(f"{where}.metric: must be one of the protocol's metrics {sorted(metric_names)}; found {crit.metric!r}")
+        if crit.structure != "all" and crit.structure not in protocol.structures:
+            raise ProtocolError(f"{where}.structure: allowed values are 'all' or {list(protocol.structures)}; found {crit.structure!r}")
+        axes = ("overall", *protocol.subgroups.columns)
+        if crit.scope not in axes:
+            raise ProtocolError(f"{where}.scope: allowed values are {list(axes)}; found {crit.scope!r}")
+        if crit.estimate.startswith("gap") and crit.scope == "overall":
+            raise ProtocolError(f"{where}.scope: a gap estimate needs a subgroup axis, not 'overall'")
+        if crit.estimate == "failure_rate" and crit.metric not in stats.failure_thresholds:
+            raise ProtocolError(f"{where}.metric: failure_rate needs statistics.failure_thresholds.{crit.metric}")
+    ids = [c.id for c in protocol.acceptance]
+    if len(set(ids)) != len(ids):
+        raise ProtocolError(f"acceptance: ids must be unique; found {ids}")
+    for axis in protocol.subgroups.reference_groups:
+        if axis not in protocol.subgroups.columns:
+            raise ProtocolError(f"subgroups.reference_groups.{axis}: not a subgroup column {list(protocol.subgroups.columns)}")
+    for i, combo in enumerate(protocol.subgroups.intersections):
+        if len(combo) < 2:
+            raise ProtocolError(f"subgroups.intersections[{i}]: an intersection needs two or more columns; found {list(combo)}")
+
+
+def protocol_from_dict(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Protocol:
+    """Validate plain data (as parsed from YAML) into a :class:`Protocol`.
+
+    Raises
+    ------
+    ProtocolError
+        For unknown keys, wrong types, disallowed values or inconsistent settings; the message names the
+        field path, the allowed values and the value found.
+    """
+    protocol = _build(Protocol, data, "")
+    protocol = dataclasses.replace(protocol, base_dir=str(Path(base_dir)))
+    _check_semantics(protocol)
+    return protocol
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read and validate a protocol YAML file (``yaml.safe_load``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProtocolError(f"protocol file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProtocolError(f"protocol file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"protocol file {str(path)!r}: expected a mapping at the top level; found {type(data).__name__}")
+    return protocol_from_dict(data, base_dir=path.resolve().parent)
+
+
+def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
+    """The canonical plain form: every default filled in, ready for JSON."""
+    return _plain(protocol)
+
+
+def protocol_sha256(protocol: Protocol) -> str:
+    """sha256 of the canonical JSON form (sorted keys, compact separators, UTF-8)."""
+    blob = json.dumps(protocol_to_dict(protocol), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
