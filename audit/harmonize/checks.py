@@ -1,0 +1,232 @@
+"""Per-case checks that need to open the files: readability, image/label geometry, label values.
+
+The manifest builder only checks what is cheap (files exist, metadata row present, ids unique, ages
+parse). The pipeline calls :func:`check_case` for each case before inference, and
+``spine-audit sites check`` runs the same function, so both report the same
+:class:`~audit.records.CaseFailure` (stage ``"harmonize"``).
+
+Tolerances (also in ``docs/sites.md``): voxel spacing and origin must agree within ``atol_mm``
+(default 0.01 mm, well above float32 header rounding, far below any real misregistration); direction
+cosines within ``atol_direction`` (default 1e-3, about 0.06 degrees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from audit.harmonize.labels import label_value_counts, resolve_label_map, unknown_labels_error
+from audit.ontology import LabelMap
+from audit.records import CaseFailure
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_ATOL_MM",
+    "DEFAULT_ATOL_DIRECTION",
+    "CorruptImageError",
+    "GeometryMismatchError",
+    "load_image_checked",
+    "geometry_problems",
+    "check_geometry",
+    "CaseCheck",
+    "check_case",
+]
+
+DEFAULT_ATOL_MM = 0.01
+DEFAULT_ATOL_DIRECTION = 1e-3
+
+
+class CorruptImageError(ValueError):
+    """An image file that cannot be read completely (truncated gzip, bad header, unknown format)."""
+
+
+class GeometryMismatchError(ValueError):
+    """Image and label do not share a voxel grid."""
+
+
+def load_image_checked(path: str | Path, *, role: str = "image", load_data: bool = True) -> tuple[Any, np.ndarray | None]:
+    """Open a NIfTI (or other nibabel) file and read its voxels, turning any read error into one error type.
+
+    Returns
+    -------
+    img : nibabel image
+    data : numpy.ndarray or None
+        The voxel array (``None`` when ``load_data`` is False).
+
+    Raises
+    ------
+    CorruptImageError
+        If the file is missing, truncated or unreadable; the message names the role, path and cause.
+    """
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj) if load_data else None
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise CorruptImageError(f"{role} {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    return img, data
+
+
+def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in np.asarray(values, dtype=float)) + ")"
+
+
+def geometry_problems(
+    image_shape: tuple[int, ...],
+    image_affine: np.ndarray,
+    label_shape: tuple[int, ...],
+    label_affine: np.ndarray,
+    *,
+    atol_mm: float = DEFAULT_ATOL_MM,
+    atol_direction: float = DEFAULT_ATOL_DIRECTION,
+) -> list[str]:
+    """Compare two voxel grids; return one message per disagreement (empty when they match).
+
+    Shape (spatial dims; trailing singleton dims ignored), voxel spacing (affine column norms, mm),
+    origin (affine translation, mm) and direction cosines are checked separately so that the message
+    says which one differs and by how much.
+    """
+    if atol_mm < 0 or atol_direction < 0:
+        raise ValueError(f"geometry tolerances must be >= 0; got atol_mm={atol_mm!r}, atol_direction={atol_direction!r}")
+    problems: list[str] = []
+    ishape, lshape = _spatial_shape(image_shape), _spatial_shape(label_shape)
+    if ishape != lshape:
+        problems.append(f"shape: image {ishape} vs label {lshape}")
+    ia, la = np.asarray(image_affine, dtype=float), np.asarray(label_affine, dtype=float)
+    ispacing, lspacing = np.linalg.norm(ia[:3, :3], axis=0), np.linalg.norm(la[:3, :3], axis=0)
+    d_spacing = float(np.max(np.abs(ispacing - lspacing)))
+    if d_spacing > atol_mm:
+        problems.append(f"spacing: image {_fmt(ispacing)} mm vs label {_fmt(lspacing)} mm (max difference {d_spacing:.4g} mm > atol_mm={atol_mm})")
+    d_origin = float(np.max(np.abs(ia[:3, 3] - la[:3, 3])))
+    if d_origin > atol_mm:
+        problems.append(f"origin: image {_fmt(ia[:3, 3])} mm vs label {_fmt(la[:3, 3])} mm (max difference {d_origin:.4g} mm > atol_mm={atol_mm})")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        idir, ldir = ia[:3, :3] / ispacing, la[:3, :3] / lspacing
+    d_dir = float(np.nanmax(np.abs(idir - ldir)))
+    if not np.isfinite(idir).all() or not np.isfinite(ldir).all():
+        problems.append("direction: an affine has a zero-length axis")
+    elif d_dir > atol_direction:
+        ic, lc = "".join(nib.aff2axcodes(ia)), "".join(nib.aff2axcodes(la))
+        problems.append(
+            f"direction: image {ic} vs label {lc} (max cosine difference {d_dir:.4g} > atol_direction={atol_direction})"
+        )
+    return problems
+
+
+def check_geometry(
+    image_img: Any,
+    label_img: Any,
+    *,
+    atol_mm: float = DEFAULT_ATOL_MM,
+    atol_direction: float = DEFAULT_ATOL_DIRECTION,
+) -> None:
+    """Raise :class:`GeometryMismatchError` unless image and label share a voxel grid.
+
+    Parameters
+    ----------
+    image_img, label_img
+        Objects with ``.shape`` and ``.affine`` (nibabel images).
+    atol_mm : float
+        Tolerance on spacing and origin, in mm.
+    atol_direction : float
+        Tolerance on direction cosines.
+    """
+    problems = geometry_problems(image_img.shape, image_img.affine, label_img.shape, label_img.affine, atol_mm=atol_mm, atol_direction=atol_direction)
+    if problems:
+        raise GeometryMismatchError("image/label geometry mismatch: " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseCheck:
+    """Result of :func:`check_case`.
+
+    Attributes
+    ----------
+    case_id : str
+    failures : tuple of CaseFailure
+        Empty when the case passed every check.
+    label_values : Mapping[int, int]
+        Voxel count of each label value found (empty when the label could not be read).
+    unknown_values : tuple of int
+        Label values outside the label map.
+    shape, spacing_mm, axcodes
+        Geometry of the image (``None`` when it could not be read).
+    """
+
+    case_id: str
+    failures: tuple[CaseFailure, ...] = ()
+    label_values: Mapping[int, int] = dataclasses.field(default_factory=dict)
+    unknown_values: tuple[int, ...] = ()
+    shape: tuple[int, ...] | None = None
+    spacing_mm: tuple[float, ...] | None = None
+    axcodes: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed."""
+        return not self.failures
+
+
+def check_case(
+    case_id: str,
+    image_path: str | Path,
+    label_path: str | Path,
+    label_map: str | Mapping[Any, Any] | LabelMap,
+    *,
+    site: str,
+    stage: str = "harmonize",
+    atol_mm: float = DEFAULT_ATOL_MM,
+    atol_direction: float = DEFAULT_ATOL_DIRECTION,
+) -> CaseCheck:
+    """Run the voxel-level checks of one case; each problem becomes a :class:`CaseFailure`.
+
+    Checks, in order: the image and the label read completely (corrupt or truncated files), their
+    grids agree (:func:`geometry_problems`), and every label value is mapped or ignored by ``label_map``.
+    """
+    lmap = resolve_label_map(label_map)
+    failures: list[CaseFailure] = []
+    image = label = label_data = None
+    try:
+        image, _ = load_image_checked(image_path, role="image")
+    except CorruptImageError as exc:
+        failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+    try:
+        label, label_data = load_image_checked(label_path, role="label")
+    except CorruptImageError as exc:
+        failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+    shape = spacing = axcodes = None
+    if image is not None:
+        shape = _spatial_shape(image.shape)
+        spacing = tuple(float(z) for z in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
+        axcodes = "".join(str(c) for c in nib.aff2axcodes(image.affine))
+    if image is not None and label is not None:
+        try:
+            check_geometry(image, label, atol_mm=atol_mm, atol_direction=atol_direction)
+        except GeometryMismatchError as exc:
+            failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+    counts: dict[int, int] = {}
+    unknown: tuple[int, ...] = ()
+    if label_data is not None:
+        counts = label_value_counts(label_data)
+        known = set(lmap.values) | set(lmap.ignore) | {0}
+        unknown = tuple(v for v in counts if v not in known)
+        if unknown:
+            exc = unknown_labels_error(unknown, lmap, unknown_voxels=sum(counts[v] for v in unknown))
+            failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+    return CaseCheck(case_id, tuple(failures), counts, unknown, shape, spacing, axcodes)

@@ -1,0 +1,82 @@
+"""Privacy guards for the manifest: keyed pseudonyms and a deny-list of identifying columns.
+
+* Patient ids can be replaced by ``HMAC-SHA256(key, site + "/" + patient_id)`` (hex, truncated to
+  :data:`PSEUDONYM_HEX_CHARS` characters). The key comes from the environment variable
+  :data:`PSEUDONYM_KEY_ENV`, never from a file in the repository; the same key gives the same pseudonym,
+  so repeated audits stay joinable while the mapping cannot be reversed without the key.
+* Columns whose names look identifying (names, birth dates, MRNs, addresses, ...) are refused.
+* DICOM identifying tags are read only for the header values the adapter needs and never copied out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+from collections.abc import Iterable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PSEUDONYM_KEY_ENV", "PSEUDONYM_HEX_CHARS", "PrivacyError", "pseudonymize", "identifying_columns", "assert_no_identifiers"]
+
+PSEUDONYM_KEY_ENV = "SPINE_AUDIT_PSEUDONYM_KEY"
+PSEUDONYM_HEX_CHARS = 20
+
+_IDENTIFYING = re.compile(
+    r"(^|_)(patient_?name|first_?name|last_?name|surname|given_?name|birth_?date|date_?of_?birth|dob|"
+    r"birth|mrn|medical_?record|accession|address|phone|email|ssn|social_?security|"
+    r"other_?patient_?ids?|patient_?address|referring_?physician)($|_)",
+    re.IGNORECASE,
+)
+
+
+class PrivacyError(ValueError):
+    """A configuration that would put identifying data in the manifest, or a missing pseudonym key."""
+
+
+def pseudonymize(value: str, *, key: str | bytes | None = None, namespace: str = "") -> str:
+    """Return a keyed, irreversible pseudonym of ``value`` (HMAC-SHA256, hex, 20 characters).
+
+    Parameters
+    ----------
+    value : str
+        The identifier (e.g. a patient id).
+    key : str or bytes, optional
+        Secret key; defaults to the environment variable ``SPINE_AUDIT_PSEUDONYM_KEY``.
+    namespace : str
+        Prefixed to ``value`` (the site name) so equal local ids at two sites stay distinct.
+
+    Raises
+    ------
+    PrivacyError
+        If no key is given and the environment variable is unset or empty.
+    """
+    if key is None:
+        key = os.environ.get(PSEUDONYM_KEY_ENV, "")
+        if not key:
+            raise PrivacyError(
+                f"pseudonymize: set the environment variable {PSEUDONYM_KEY_ENV} to a secret key "
+                "(or set the site option pseudonymize: false)"
+            )
+    key_bytes = key.encode("utf-8") if isinstance(key, str) else key
+    message = f"{namespace}/{value}" if namespace else str(value)
+    return hmac.new(key_bytes, message.encode("utf-8"), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX_CHARS]
+
+
+def identifying_columns(columns: Iterable[str]) -> list[str]:
+    """Return the column names that look identifying (``patient_name``, ``birth_date``, ``MRN``, ...)."""
+    out = []
+    for column in columns:
+        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(column)).replace(" ", "_").replace("-", "_")
+        if _IDENTIFYING.search(snake):
+            out.append(str(column))
+    return out
+
+
+def assert_no_identifiers(columns: Iterable[str], *, where: str = "manifest") -> None:
+    """Raise :class:`PrivacyError` if any column name looks identifying."""
+    bad = identifying_columns(columns)
+    if bad:
+        raise PrivacyError(f"{where}: columns {bad} look identifying (names, birth dates, MRNs) and may not enter the manifest")

@@ -1,0 +1,185 @@
+"""Site configuration: load, validate and resolve a ``sites/*.yaml`` file or an inline mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from audit.harmonize.labels import resolve_label_map
+from audit.harmonize.metadata import RAW_KEYS
+from audit.ontology import LabelMap
+from audit.sites.base import COMMON_OPTIONS, get_adapter
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SiteConfig", "SiteConfigError", "load_site_config"]
+
+_TOP_KEYS = ("name", "format", "root", "label_map", "options", "defaults")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class SiteConfigError(ValueError):
+    """A site config that does not follow the schema; the message names the field path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteConfig:
+    """A validated site configuration.
+
+    Attributes
+    ----------
+    name : str
+        Site name: the ``site`` column and the ``case_id`` prefix.
+    format : str
+        Adapter name (``nifti_table``, ``bids``, ``nnunet``, ``dicom``, ``cspineseg``).
+    root : Path
+        Absolute data folder (environment variables expanded, relative roots resolved against the YAML's folder).
+    label_map : LabelMap
+        Meaning of the reference label values.
+    options : Mapping[str, Any]
+        Format-specific options (validated names).
+    defaults : Mapping[str, Any]
+        Raw metadata values for the whole site, used where a case has none (keys of ``RAW_KEYS``).
+    source : Path or None
+        The YAML file, when loaded from one.
+    """
+
+    name: str
+    format: str
+    root: Path
+    label_map: LabelMap
+    options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    source: Path | None = None
+
+    @property
+    def label_map_name(self) -> str:
+        """Name written to the manifest's ``label_map`` column."""
+        return self.label_map.name
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """An option value or ``default``."""
+        return self.options.get(key, default)
+
+
+def _expand_root(raw: Any, where: str, base_dir: Path, cohort_dir: Path | None) -> Path:
+    if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
+        raise SiteConfigError(f"{where}.root: expected a folder path (string); found {raw!r}")
+    text = str(raw)
+    if "{cohort}" in text:
+        if cohort_dir is None:
+            raise SiteConfigError(f"{where}.root: contains {{cohort}} but no synthetic cohort folder was given; found {text!r}")
+        text = text.replace("{cohort}", str(cohort_dir))
+    expanded = os.path.expanduser(os.path.expandvars(text))
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", expanded)
+    if unset:
+        raise SiteConfigError(f"{where}.root: environment variable(s) {unset} are not set; found {text!r}")
+    path = Path(expanded)
+    return (path if path.is_absolute() else base_dir / path).resolve()
+
+
+def _read_source(source: str | Path | Mapping[str, Any], base_dir: Path | None) -> tuple[dict[str, Any], Path, Path | None]:
+    if isinstance(source, Mapping):
+        data = dict(source)
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        if "config" in data:  # a protocol entry pointing at a file, possibly with overrides
+            ref = Path(os.path.expandvars(str(data.pop("config"))))
+            ref = ref if ref.is_absolute() else base / ref
+            file_data, file_base, file_path = _read_source(ref, None)
+            file_data.update(data)
+            return file_data, file_base, file_path
+        return data, base, None
+    path = Path(source)
+    if not path.is_file():
+        raise SiteConfigError(f"site config: file {path} not found")
+    with path.open(encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if not isinstance(data, Mapping):
+        raise SiteConfigError(f"site config {path}: expected a mapping at the top level; found {type(data).__name__}")
+    return dict(data), (Path(base_dir) if base_dir is not None else path.parent).resolve(), path.resolve()
+
+
+def load_site_config(
+    source: str | Path | Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    cohort_dir: Path | None = None,
+) -> SiteConfig:
+    """Load and validate a site config.
+
+    Parameters
+    ----------
+    source : str, Path or Mapping
+        A YAML file, or an inline mapping (as in a protocol's ``sites:`` list). A mapping with a ``config``
+        key loads that file (relative to ``base_dir``) and applies the other keys as overrides.
+    base_dir : Path, optional
+        Folder that relative roots resolve against (default: the YAML file's folder, or the working directory).
+    cohort_dir : Path, optional
+        Replaces the ``{cohort}`` token in ``root``.
+
+    Raises
+    ------
+    SiteConfigError
+        For a missing or unknown key, an unknown format, label map or option; the message names the field
+        path, the allowed values and the value found.
+    """
+    data, base, path = _read_source(source, base_dir)
+    where = f"sites[{data.get('name', '?')}]"
+    unknown = sorted(set(data) - set(_TOP_KEYS))
+    if unknown:
+        raise SiteConfigError(f"{where}: allowed keys are {list(_TOP_KEYS)}; found unexpected {unknown}")
+    for key in ("name", "format", "root"):
+        if key not in data:
+            raise SiteConfigError(f"{where}.{key}: required")
+    name = data["name"]
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SiteConfigError(f"{where}.name: expected letters, digits, '_', '-', '.' (no '/'); found {name!r}")
+    try:
+        adapter = get_adapter(str(data["format"]))
+    except KeyError as exc:
+        raise SiteConfigError(f"{where}.format: {exc.args[0]}") from None
+    root = _expand_root(data["root"], where, base, cohort_dir)
+    options = data.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise SiteConfigError(f"{where}.options: expected a mapping; found {options!r}")
+    allowed = sorted(adapter.options | COMMON_OPTIONS)
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise SiteConfigError(f"{where}.options: format {adapter.name!r} allows {allowed}; found unexpected {bad}")
+    age_policy = options.get("on_unparseable_age", "error")
+    if age_policy not in ("error", "unknown"):
+        raise SiteConfigError(f"{where}.options.on_unparseable_age: allowed 'error' or 'unknown'; found {age_policy!r}")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, Mapping) or set(defaults) - set(RAW_KEYS):
+        raise SiteConfigError(f"{where}.defaults: allowed keys are {list(RAW_KEYS)}; found {defaults!r}")
+    spec = data.get("label_map")
+    if spec is None and adapter.infer_label_map is not None:
+        try:
+            spec = adapter.infer_label_map(root)
+        except ValueError as exc:
+            raise SiteConfigError(f"{where}.label_map: {exc}") from None
+    if spec is None:
+        spec = adapter.default_label_map
+    if spec is None:
+        raise SiteConfigError(f"{where}.label_map: required for format {adapter.name!r} (a known map name or {{value: structure}})")
+    try:
+        label_map = resolve_label_map(spec, name=f"{name}:custom")
+    except (KeyError, ValueError) as exc:
+        raise SiteConfigError(f"{where}.label_map: {exc.args[0]}") from None
+    return SiteConfig(
+        name=name,
+        format=adapter.name,
+        root=root,
+        label_map=label_map,
+        options=MappingProxyType(dict(options)),
+        defaults=MappingProxyType(dict(defaults)),
+        source=path,
+    )

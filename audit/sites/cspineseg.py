@@ -1,0 +1,108 @@
+"""``cspineseg``: CSpineSeg / MIDRC structured tables joined to NIfTI images and segmentations.
+
+Tables (tab-separated, found by glob in ``root``): ``case_<RELEASE>.tsv`` (one row per patient:
+``submitter_id``, ``age_at_index``, ``age_at_index_gt89``, ``sex``, ``race``, ``ethnicity``, ``site_id``) and
+``mr_series_<RELEASE>.tsv`` (one row per series: ``case_ids``, ``imaging_studies.submitter_id``,
+``series_uid``, ``manufacturer``, ``manufacturer_model_name``, ``magnetic_field_strength``, ...).
+Each series row is a case; it joins its patient on ``mr_series.case_ids == case.submitter_id``.
+
+Options (defaults in brackets)::
+
+    release: null                                   # pick case_<release>.tsv when several exist
+    images: "nifti/{case}-{study}-{series}.nii.gz"  # {case}, {study}, {series} from the series row
+    labels: "segmentation/{case}-{study}-{series}_SEG.nii.gz"
+    local_id: "{case}-{study}-{series}"
+    series_filter: null                              # {column: value}: keep only matching series rows
+
+Site ``label_map`` defaults to ``cspineseg`` (1 vertebral body, 2 disc). The file-name patterns follow
+the published release (``<patient>-<study>-<series>.nii.gz``, ``..._SEG.nii.gz``); adjust them to your copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from audit.records import CaseFailure
+from audit.sites.base import Adapter, RawCase, SiteDataError, missing_file_failure, read_table, register_adapter
+from audit.sites.config import SiteConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["iter_cspineseg", "find_release_table"]
+
+_CASE_COLUMNS = {"age": "age_at_index", "age_redacted": "age_at_index_gt89", "sex": "sex", "race": "race", "ethnicity": "ethnicity"}
+_SERIES_COLUMNS = {"vendor": "manufacturer", "scanner_model": "manufacturer_model_name", "field_strength": "magnetic_field_strength"}
+_FIELDS = {"case": "case_ids", "study": "imaging_studies.submitter_id", "series": "series_uid"}
+
+
+def find_release_table(root: Path, kind: str, release: str | None) -> Path:
+    """The ``<kind>_<release>.tsv`` table in ``root``; exactly one must match when ``release`` is None."""
+    pattern = f"{kind}_{release}.tsv" if release else f"{kind}_*.tsv"
+    matches = sorted(root.glob(pattern))
+    if len(matches) != 1:
+        raise SiteDataError(
+            f"cspineseg: expected one table matching {pattern!r} in {root}; found {[m.name for m in matches]} (set options.release)"
+        )
+    return matches[0]
+
+
+def _safe(value: str, what: str) -> str:
+    if not value or "/" in value or value in (".", ".."):
+        raise ValueError(f"{what} {value!r} cannot be used in a file name")
+    return value
+
+
+def iter_cspineseg(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
+    """Yield one case per MR series row (see the module docstring)."""
+    release = config.option("release")
+    cases = read_table(find_release_table(config.root, "case", release), what="case table")
+    series = read_table(find_release_table(config.root, "mr_series", release), what="mr_series table")
+    for table, needed, name in ((cases, ["submitter_id"], "case"), (series, list(_FIELDS.values()), "mr_series")):
+        absent = [c for c in needed if c not in table.columns]
+        if absent:
+            raise SiteDataError(f"cspineseg: {name} table lacks columns {absent}; columns are {list(table.columns)}")
+    patients = {}
+    for row in cases.to_dict("records"):
+        patients.setdefault(str(row["submitter_id"]).strip(), row)
+    images = str(config.option("images", "nifti/{case}-{study}-{series}.nii.gz"))
+    labels = str(config.option("labels", "segmentation/{case}-{study}-{series}_SEG.nii.gz"))
+    local_pattern = str(config.option("local_id", "{case}-{study}-{series}"))
+    filters = dict(config.option("series_filter") or {})
+    for index, row in enumerate(series.to_dict("records")):
+        if any(str(row.get(k, "")) != str(v) for k, v in filters.items()):
+            continue
+        fields = {k: str(row[c]).strip() for k, c in _FIELDS.items()}
+        try:
+            fields = {k: _safe(v, c) for (k, v), c in zip(fields.items(), _FIELDS.values())}
+        except ValueError as exc:
+            yield CaseFailure(f"{config.name}/<series row {index + 1}>", "adapter", str(exc), "BadIdentifier", config.name)
+            continue
+        local_id = local_pattern.format(**fields)
+        case_id = f"{config.name}/{local_id}"
+        image, label = config.root / images.format(**fields), config.root / labels.format(**fields)
+        if not image.is_file():
+            yield missing_file_failure(case_id, config.name, "image", image)
+            continue
+        if not label.is_file():
+            yield missing_file_failure(case_id, config.name, "label", label)
+            continue
+        patient = patients.get(fields["case"])
+        if patient is None:
+            yield CaseFailure(case_id, "adapter", f"patient {fields['case']!r} has no row in the case table", "MissingMetadata", config.name)
+            continue
+        metadata = {k: patient.get(c) for k, c in _CASE_COLUMNS.items()} | {k: row.get(c) for k, c in _SERIES_COLUMNS.items()}
+        extra = {"cspineseg_site_id": patient.get("site_id")} if patient.get("site_id") not in (None, "") else {}
+        yield RawCase(local_id, image, label, patient_id=fields["case"], metadata=metadata, extra=extra)
+
+
+register_adapter(
+    Adapter(
+        name="cspineseg",
+        iter_cases=iter_cspineseg,
+        options=frozenset({"release", "images", "labels", "local_id", "series_filter"}),
+        default_label_map="cspineseg",
+        description="CSpineSeg / MIDRC case_*.tsv + mr_series_*.tsv joined to NIfTI images and segmentations",
+    )
+)

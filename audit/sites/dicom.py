@@ -1,0 +1,216 @@
+"""``dicom``: one DICOM series per case folder, converted once to a cached NIfTI.
+
+Layout: ``root/<images>/<local_id>/**/<files>`` (one folder per case, any depth), reference masks as NIfTI
+on the series grid (``labels`` pattern). The series becomes a RAS NIfTI in a cache folder so later
+stages read NIfTI; the cache key hashes file names, sizes and modification times.
+
+Geometry: slices are sorted along the normal ``row x col`` of ImageOrientationPatient by their
+ImagePositionPatient; the voxel ``(i, j, k)`` is column ``i``, row ``j`` of slice ``k``, so the LPS affine
+has columns ``row_cosine * column_spacing``, ``col_cosine * row_spacing``, ``(P_last - P_first) / (n - 1)``
+and origin ``P_first``; RAS = diag(-1, -1, 1) applied to it. A gap larger than 1.5 times the median
+slice step (a missing slice), uneven steps, differing orientation, spacing or matrix size fail the case.
+
+Metadata tags: Manufacturer, ManufacturerModelName, MagneticFieldStrength, PatientAge, PatientSex,
+EthnicGroup (a race, or an ethnicity when it reads as one). PatientID becomes the patient id only through
+the keyed hash (``SPINE_AUDIT_PSEUDONYM_KEY``); without a key the case folder name is used. No other
+identifying tag leaves this module.
+
+Options (defaults in brackets)::
+
+    images: "."                      # folder (relative to root) holding one sub-folder per case
+    labels: "labels/{case_id}.nii.gz"
+    files: "*"                       # glob of DICOM files inside a case folder (searched recursively)
+    cache_dir: null                  # default $SPINE_AUDIT_CACHE or ~/.cache/spine-audit, + /dicom/<site>
+    series_description: null         # regex choosing a series when a folder holds several
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from audit.harmonize.metadata import normalize_ethnicity
+from audit.harmonize.privacy import PSEUDONYM_KEY_ENV, pseudonymize
+from audit.records import UNKNOWN, CaseFailure
+from audit.sites.base import Adapter, RawCase, SiteDataError, missing_file_failure, register_adapter
+from audit.sites.config import SiteConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DicomSeriesError", "series_geometry", "read_series", "iter_dicom"]
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class DicomSeriesError(ValueError):
+    """A DICOM series that cannot form one regular 3D volume (missing slices, mixed geometry)."""
+
+
+def _headers(folder: Path, pattern: str) -> list[tuple[Path, Any]]:
+    out = []
+    for path in sorted(p for p in folder.rglob(pattern) if p.is_file()):
+        try:
+            out.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            logger.debug("skipping non-DICOM file %s: %s", path, exc)
+    return out
+
+
+def series_geometry(headers: list[Any]) -> tuple[np.ndarray, list[int]]:
+    """Affine (RAS, 4x4) of a series and the slice order (indices into ``headers``).
+
+    Raises
+    ------
+    DicomSeriesError
+        For fewer than two slices, mixed orientation / pixel spacing / matrix size, duplicate positions,
+        a missing slice (gap > 1.5 x median step) or uneven slice steps (> 1 % or 0.01 mm).
+    """
+    if len(headers) < 2:
+        raise DicomSeriesError(f"series has {len(headers)} slice(s); at least 2 are needed for a 3D volume")
+    try:
+        iop = np.array([[float(x) for x in h.ImageOrientationPatient] for h in headers])
+        ipp = np.array([[float(x) for x in h.ImagePositionPatient] for h in headers])
+        spacing = np.array([[float(x) for x in h.PixelSpacing] for h in headers])
+        matrix = {(int(h.Rows), int(h.Columns)) for h in headers}
+    except AttributeError as exc:
+        raise DicomSeriesError(f"slice header lacks a geometry tag: {exc}") from None
+    if np.abs(iop - iop[0]).max() > 1e-4 or np.abs(spacing - spacing[0]).max() > 1e-4 or len(matrix) != 1:
+        raise DicomSeriesError("slices differ in ImageOrientationPatient, PixelSpacing or Rows/Columns")
+    row_cos, col_cos = iop[0, :3], iop[0, 3:]
+    normal = np.cross(row_cos, col_cos)
+    order = list(np.argsort(ipp @ normal, kind="stable"))
+    positions = ipp[order] @ normal
+    steps = np.diff(positions)
+    if np.any(steps < 1e-3):
+        raise DicomSeriesError("two slices share one position (duplicate slices or several series mixed)")
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > 1.5 * median)
+    if gaps.size:
+        k = int(gaps[0])
+        raise DicomSeriesError(
+            f"missing slice(s): gap of {steps[k]:.3g} mm after slice {k} of {len(headers)} (median step {median:.3g} mm)"
+        )
+    if np.abs(steps - median).max() > max(0.01, 0.01 * median):
+        raise DicomSeriesError(f"uneven slice steps: {np.round(steps, 3).tolist()} mm")
+    row_spacing, col_spacing = spacing[0]
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * col_spacing
+    lps[:3, 1] = col_cos * row_spacing
+    lps[:3, 2] = (ipp[order[-1]] - ipp[order[0]]) / (len(order) - 1)
+    lps[:3, 3] = ipp[order[0]]
+    return _LPS_TO_RAS @ lps, [int(i) for i in order]
+
+
+def read_series(paths: list[Path]) -> nib.Nifti1Image:
+    """Read a series' pixels into a RAS NIfTI image (see the module docstring for the geometry).
+
+    Rescale slope/intercept are applied (float32 output) when they are not 1/0.
+    """
+    datasets = [pydicom.dcmread(p) for p in paths]
+    affine, order = series_geometry(datasets)
+    slices = [datasets[i].pixel_array.T for i in order]  # (rows, cols) -> (i = col, j = row)
+    volume = np.stack(slices, axis=-1)
+    slope = float(getattr(datasets[0], "RescaleSlope", 1) or 1)
+    intercept = float(getattr(datasets[0], "RescaleIntercept", 0) or 0)
+    if slope != 1 or intercept != 0:
+        volume = volume.astype(np.float32) * slope + intercept
+    img = nib.Nifti1Image(volume, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
+def _cache_dir(config: SiteConfig) -> Path:
+    option = config.option("cache_dir")
+    if option:
+        path = Path(os.path.expandvars(str(option))).expanduser()
+        return path if path.is_absolute() else config.root / path
+    base = Path(os.environ.get("SPINE_AUDIT_CACHE", Path.home() / ".cache" / "spine-audit"))
+    return base / "dicom" / config.name
+
+
+def _metadata(header: Any) -> dict[str, Any]:
+    ethnic = getattr(header, "EthnicGroup", None)
+    as_ethnicity = ethnic is not None and normalize_ethnicity(ethnic, warnings=[]) != UNKNOWN
+    return {
+        "vendor": getattr(header, "Manufacturer", None),
+        "scanner_model": getattr(header, "ManufacturerModelName", None),
+        "field_strength": getattr(header, "MagneticFieldStrength", None),
+        "age": getattr(header, "PatientAge", None),
+        "sex": getattr(header, "PatientSex", None),
+        "race": None if as_ethnicity else ethnic,
+        "ethnicity": ethnic if as_ethnicity else None,
+    }
+
+
+def _patient_id(header: Any, local_id: str, site: str) -> str:
+    raw = str(getattr(header, "PatientID", "") or "").strip()
+    if raw and os.environ.get(PSEUDONYM_KEY_ENV):
+        return pseudonymize(raw, namespace=site)
+    return local_id
+
+
+def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
+    """Yield one case per case folder, converting its series to a cached NIfTI (see the module docstring)."""
+    images = config.root / str(config.option("images", "."))
+    labels = str(config.option("labels", "labels/{case_id}.nii.gz"))
+    pattern = str(config.option("files", "*"))
+    choose = config.option("series_description")
+    if not images.is_dir():
+        raise SiteDataError(f"sites[{config.name}].options.images: folder {images} not found")
+    if not os.environ.get(PSEUDONYM_KEY_ENV):
+        logger.warning("site %s: %s is not set; patient ids are the case folder names", config.name, PSEUDONYM_KEY_ENV)
+    cache = _cache_dir(config)
+    label_root = (config.root / labels).parent.resolve()
+    for folder in sorted(p for p in images.iterdir() if p.is_dir() and p.resolve() != label_root and not p.name.startswith(".")):
+        local_id = folder.name
+        case_id = f"{config.name}/{local_id}"
+        label = config.root / labels.format(case_id=local_id)
+        try:
+            headers = _headers(folder, pattern)
+            by_series: dict[str, list[tuple[Path, Any]]] = {}
+            for path, header in headers:
+                by_series.setdefault(str(getattr(header, "SeriesInstanceUID", "")), []).append((path, header))
+            if choose:
+                by_series = {k: v for k, v in by_series.items() if re.search(str(choose), str(getattr(v[0][1], "SeriesDescription", "")))}
+            if len(by_series) != 1:
+                raise DicomSeriesError(f"folder {folder} holds {len(by_series)} matching DICOM series; expected 1 (set options.series_description)")
+            members = next(iter(by_series.values()))
+            series_geometry([h for _, h in members])  # cheap header-only validation (missing slices)
+            stats = sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in members)
+            key = hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+            image = cache / f"{local_id}-{key}.nii.gz"
+            if not image.is_file():
+                cache.mkdir(parents=True, exist_ok=True)
+                tmp = image.with_suffix(".tmp.nii.gz")
+                nib.save(read_series([p for p, _ in members]), tmp)
+                tmp.replace(image)
+        except (DicomSeriesError, OSError, ValueError) as exc:
+            yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            continue
+        if not label.is_file():
+            yield missing_file_failure(case_id, config.name, "label", label)
+            continue
+        header = members[0][1]
+        yield RawCase(local_id, image, label, patient_id=_patient_id(header, local_id, config.name), metadata=_metadata(header))
+
+
+register_adapter(
+    Adapter(
+        name="dicom",
+        iter_cases=iter_dicom,
+        options=frozenset({"images", "labels", "files", "cache_dir", "series_description"}),
+        default_label_map=None,
+        description="One DICOM series per case folder (converted to cached NIfTI) plus NIfTI reference masks",
+    )
+)
