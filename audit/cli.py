@@ -1,0 +1,189 @@
+"""Command-line interface: ``spine-audit run | demo | sites check | report | package | verify``.
+
+The only module that writes to the terminal; everything else logs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import shlex
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="External-validation and fairness audits of spine MRI segmentation models.")
+sites_app = typer.Typer(no_args_is_help=True, help="Inspect site data before an audit.")
+app.add_typer(sites_app, name="sites")
+console = Console(stderr=False)
+
+_STAGE_LABELS = {"sites": "Reading sites", "checks": "Checking cases", "inference": "Segmenting", "metrics": "Computing metrics", "stats": "Statistics", "report": "Writing report"}
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _default_run_dir(name: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "audit"
+    return Path("reports") / f"{slug}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run(protocol_path: Path | None, protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool) -> None:
+    from audit.pipeline import run_audit
+
+    command = "spine-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with Progress(
+        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, disable=quiet, transient=False
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(_STAGE_LABELS.get(stage, stage), total=max(total, 1))
+            bar.update(tasks[stage], completed=done, total=max(total, 1))
+
+        summary = run_audit(protocol, run_dir=run_dir, device=device, workers=workers, until=until, progress=progress, command=command)
+    console.print(f"[bold]Run folder:[/bold] {summary.run_dir}")
+    console.print(f"Cases: {summary.n_cases}   failed: {summary.n_failed}   time: {summary.duration_s:.1f} s")
+    if summary.acceptance:
+        table = Table(title="Acceptance criteria")
+        table.add_column("criterion")
+        table.add_column("result")
+        for cid, status in summary.acceptance:
+            colour = {"pass": "green", "fail": "red"}.get(status, "yellow")
+            table.add_row(cid, f"[{colour}]{status.upper()}[/{colour}]")
+        console.print(table)
+    if summary.results_path:
+        console.print(f"[bold]Results:[/bold] {summary.results_path}")
+    if summary.report_path:
+        console.print(f"[bold]Report:[/bold]  {summary.report_path}")
+
+
+@app.command()
+def run(
+    protocol: Path = typer.Argument(..., exists=True, dir_okay=False, help="Protocol YAML file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/<name>-<time>)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    workers: int = typer.Option(1, min=1, help="Parallel workers for loading and metrics."),
+    until: str = typer.Option("report", help="Last stage: sites, inference, metrics, stats, report."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the audit a protocol file pre-registers."""
+    from audit.protocol import ProtocolError, load_protocol
+
+    _setup_logging(verbose)
+    try:
+        proto = load_protocol(protocol)
+    except ProtocolError as exc:
+        console.print(f"[red]Invalid protocol:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _run(protocol, proto, out or _default_run_dir(proto.name), device, workers, until, quiet)
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/demo-<time>)."),
+    cases: Optional[int] = typer.Option(None, "--cases", "-n", min=8, help="Number of synthetic cases (default: the demo protocol's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Cohort seed (default: the demo protocol's)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Audit the packaged demo model on a generated synthetic multi-site cohort and write a report."""
+    import dataclasses
+
+    from audit.protocol import load_protocol
+
+    _setup_logging(verbose)
+    proto = load_protocol(demo_protocol_path())
+    cohort = proto.synthetic_cohort
+    assert cohort is not None  # the demo protocol always has one
+    cohort = dataclasses.replace(cohort, n_cases=cases or cohort.n_cases, seed=cohort.seed if seed is None else seed)
+    proto = dataclasses.replace(proto, synthetic_cohort=cohort)
+    start = time.perf_counter()
+    _run(None, proto, out or _default_run_dir("demo"), device, 1, "report", quiet)
+    console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
+
+
+def demo_protocol_path() -> Path:
+    """The demo protocol: protocols/demo.yaml in a source checkout, else the packaged copy."""
+    source = Path(__file__).resolve().parents[1] / "protocols" / "demo.yaml"
+    if source.is_file():
+        return source
+    return Path(str(resources.files("audit") / "models" / "demo.yaml"))
+
+
+@sites_app.command("check")
+def sites_check(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Site config YAML."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Report what a data manager needs before an audit; exit status 1 when there are errors."""
+    from audit.sites import check_site, load_site_config
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_site_config(config)
+    except (ValueError, KeyError) as exc:
+        console.print(f"[red]Invalid site config:[/red] {exc}")
+        raise typer.Exit(2) from None
+    report = check_site(cfg)
+    console.print(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A run folder with results.json.")) -> None:
+    """Re-render report.html from a run folder."""
+    from audit.report import render_report
+
+    _setup_logging(False)
+    console.print(f"[bold]Report:[/bold] {render_report(run_dir)}")
+
+
+@app.command()
+def package(
+    run_dir: Path = typer.Argument(..., exists=True, file_okay=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Zip path (default <run>/evidence-package.zip)."),
+) -> None:
+    """Write the evidence package (report, results, tables, protocol, de-identified manifest, checksums)."""
+    from audit.report import build_package
+
+    _setup_logging(False)
+    console.print(f"[bold]Evidence package:[/bold] {build_package(run_dir, out)}")
+
+
+@app.command()
+def verify(zip_path: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """Check an evidence package's checksums and contents; exit status 1 when anything is wrong."""
+    from audit.report import verify_package
+
+    _setup_logging(False)
+    result = verify_package(zip_path)
+    if result.ok:
+        console.print(f"[green]OK[/green]: {zip_path}")
+        return
+    for problem in result.problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

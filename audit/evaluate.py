@@ -1,0 +1,129 @@
+"""Per-case evaluation: reference and prediction onto the ontology, then the metric table rows.
+
+This is the unit of parallel work: one case in, its metric-table rows (or a :class:`CaseFailure`) out,
+independent of every other case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from audit import ontology
+from audit.metrics import EmptyPolicy, compute_case_metrics
+from audit.records import CaseFailure
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EvaluationSettings", "structure_values", "metric_names", "evaluate_case"]
+
+#: Absolute tolerance (mm) when comparing the reference's and the prediction's affines.
+AFFINE_ATOL_MM = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    """What to compute for every case (derived from the protocol)."""
+
+    structures: tuple[str, ...]
+    metrics: tuple[str, ...]
+    empty_policy: EmptyPolicy = EmptyPolicy()
+
+    @property
+    def granularity(self) -> str:
+        """``"level"`` when any protocol structure is a per-level one, else ``"coarse"``."""
+        return "level" if any(ontology.structure(s).level for s in self.structures) else "coarse"
+
+
+def structure_values(structures: Sequence[str], granularity: str) -> dict[str, tuple[int, ...]]:
+    """Canonical label values forming each structure at the given granularity.
+
+    At ``"level"`` granularity a coarse structure (``intervertebral_disc``) is the union of its levels'
+    values and its own coarse value.
+    """
+    out: dict[str, tuple[int, ...]] = {}
+    for name in structures:
+        s = ontology.structure(name)
+        if granularity == "coarse":
+            out[name] = (ontology.COARSE_VALUES[s.coarse],)
+        elif s.level:
+            out[name] = (ontology.LEVEL_VALUES[name],)
+        else:
+            levels = [v for n, v in ontology.LEVEL_VALUES.items() if ontology.structure(n).coarse == name]
+            out[name] = tuple(sorted({ontology.COARSE_VALUES[name], *levels}))
+    return out
+
+
+def metric_names(names: Sequence[str], nsd_tolerances_mm: Sequence[float]) -> tuple[str, ...]:
+    """Protocol metric names with one ``nsd_<tol>mm`` entry per NSD tolerance."""
+    base = tuple(n for n in names if n != "nsd")
+    return base + tuple(f"nsd_{t:g}mm" for t in nsd_tolerances_mm)
+
+
+def _load_labels(path: str, what: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise ValueError(f"{what} file {path!r} cannot be read: {type(exc).__name__}: {exc}") from exc
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{what} file {path!r}: expected a 3D label volume; found shape {data.shape}")
+    return data, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def evaluate_case(
+    case_id: str,
+    *,
+    label_path: str,
+    prediction_path: str,
+    reference_map: ontology.LabelMap,
+    prediction_map: ontology.LabelMap,
+    settings: EvaluationSettings,
+    site: str = "Unknown",
+) -> pd.DataFrame | CaseFailure:
+    """Compute the metric-table rows of one case, or return why it failed.
+
+    The metrics are computed in the reference segmentation's native grid with its voxel spacing; the
+    prediction must already be on that grid (the inference stage resamples it back).
+    """
+    stage = "harmonize"
+    try:
+        reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label")
+        prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction")
+        if reference_raw.shape != prediction_raw.shape:
+            raise ValueError(f"prediction shape {prediction_raw.shape} differs from reference shape {reference_raw.shape}")
+        if not np.allclose(ref_affine, pred_affine, atol=AFFINE_ATOL_MM):
+            raise ValueError(f"prediction affine differs from the reference affine by more than {AFFINE_ATOL_MM} mm")
+        granularity = settings.granularity
+        reference = ontology.remap_labels(reference_raw, reference_map, granularity=granularity)
+        if reference.unknown_values:
+            raise ValueError(
+                f"reference label values {list(reference.unknown_values)} are not in label map {reference_map.name!r} "
+                f"(mapped values: {sorted(reference_map.values)}); {reference.unknown_voxels} voxels"
+            )
+        prediction = ontology.remap_labels(prediction_raw, prediction_map, granularity=granularity)
+        if prediction.unknown_values:
+            raise ValueError(
+                f"prediction label values {list(prediction.unknown_values)} are not in the model's label map "
+                f"{prediction_map.name!r} (mapped values: {sorted(prediction_map.values)})"
+            )
+        stage = "metrics"
+        return compute_case_metrics(
+            reference.array,
+            prediction.array,
+            spacing=spacing,
+            structures=structure_values(settings.structures, granularity),
+            metrics=settings.metrics,
+            empty_policy=settings.empty_policy,
+            case_id=case_id,
+        )
+    except Exception as exc:  # one bad case must never stop the audit
+        logger.warning("case %s failed at %s: %s", case_id, stage, exc)
+        return CaseFailure.from_exception(case_id, stage, exc, site=site)
