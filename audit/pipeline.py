@@ -186,20 +186,24 @@ def run_audit(
     spec = model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir))
     model = load_model(spec, device=device)
     cases = [
-        InferenceCase(case_id=r.case_id, image_path=r.image_path, label_path=r.label_path, site=r.site)
+        InferenceCase(
+            case_id=r.case_id,
+            image_path=r.image_path,
+            label_path=r.label_path,
+            site=r.site,
+            prediction_path=r.prediction_path if isinstance(r.prediction_path, str) and r.prediction_path else None,
+        )
         for r in manifest.itertuples(index=False)
         if r.case_id not in checked_out
     ]
     predictions: dict[str, str] = {}
-    n_total = len(cases)
-    for i, result in enumerate(
-        run_inference(model, cases, cache_dir=run_dir / "predictions", workers=workers, progress=lambda d, t: progress("inference", d, t))
+    for result in run_inference(
+        model, cases, cache_dir=run_dir / "predictions", workers=workers, progress=lambda d, t: progress("inference", d, t)
     ):
         if isinstance(result, InferenceResult):
             predictions[result.case_id] = str(result.prediction_path)
         else:
             failures.append(result)
-        progress("inference", i + 1, n_total)
     manifest["prediction_path"] = manifest["case_id"].map(predictions)
     manifest.to_csv(run_dir / "manifest.csv", index=False)
     if until == "inference":
