@@ -22,6 +22,7 @@ import yaml
 
 from audit import __version__, provenance
 from audit.evaluate import EvaluationSettings, evaluate_case, metric_names
+from audit.execution import map_cases
 from audit.metrics import EmptyPolicy, metric_spec
 from audit.protocol import Protocol, protocol_to_dict
 from audit.sites import metadata_warning_table
@@ -217,27 +218,36 @@ def run_audit(
     frames: list[pd.DataFrame] = []
     failed_ids = {f.case_id for f in failures}
     rows = list(manifest.itertuples(index=False))
-    for i, row in enumerate(rows):
-        if row.case_id in failed_ids or row.case_id not in predictions:
+    evaluable = [r for r in rows if r.case_id not in failed_ids and r.case_id in predictions]
+    jobs = (
+        (
+            (r.case_id,),
+            dict(
+                label_path=r.label_path,
+                prediction_path=predictions[r.case_id],
+                reference_map=site_maps[r.site],
+                prediction_map=model.label_map,
+                settings=settings,
+                site=r.site,
+            ),
+        )
+        for r in evaluable
+    )
+    evaluated: dict[str, pd.DataFrame | CaseFailure] = {}
+    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate_case, jobs, workers=workers))):
+        evaluated[r.case_id] = result
+        progress("metrics", i + 1, len(evaluable))
+    for row in rows:
+        out = evaluated.get(row.case_id)
+        if out is None:
             error = "; ".join(f.error for f in failures if f.case_id == row.case_id) or "no prediction"
             if row.case_id not in failed_ids:
                 failures.append(CaseFailure(case_id=row.case_id, stage="inference", error=error, error_type="MissingPrediction", site=row.site))
-            frames.append(failed_case_rows(row.case_id, settings.structures, names, error))
-        else:
-            out = evaluate_case(
-                row.case_id,
-                label_path=row.label_path,
-                prediction_path=predictions[row.case_id],
-                reference_map=site_maps[row.site],
-                prediction_map=model.label_map,
-                settings=settings,
-                site=row.site,
-            )
-            if isinstance(out, CaseFailure):
-                failures.append(out)
-                out = failed_case_rows(row.case_id, settings.structures, names, out.error)
-            frames.append(out)
-        progress("metrics", i + 1, len(rows))
+            out = failed_case_rows(row.case_id, settings.structures, names, error)
+        elif isinstance(out, CaseFailure):
+            failures.append(out)
+            out = failed_case_rows(row.case_id, settings.structures, names, out.error)
+        frames.append(out)
     # cases that failed before they had a manifest row stay visible as failed rows with Unknown metadata
     orphan = [f for f in failures if f.case_id not in set(manifest["case_id"])]
     if orphan:
