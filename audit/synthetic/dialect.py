@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from audit.sites.nifti_table import DEFAULT_COLUMNS
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["MetadataDialect", "site_columns"]
@@ -61,16 +63,6 @@ class MetadataDialect:
 
 def site_columns(**overrides: str) -> tuple[tuple[str, str], ...]:
     """Canonical field -> column name pairs: lower-case defaults, ``overrides`` for a site's own names."""
-    base = {
-        "case_id": "case_id",
-        "patient_id": "patient_id",
-        "vendor": "manufacturer",
-        "scanner_model": "model",
-        "field_strength": "field_strength",
-        "age": "age",
-        "sex": "sex",
-        "race": "race",
-        "ethnicity": "ethnicity",
-    }
+    base = dict(DEFAULT_COLUMNS)  # the nifti_table adapter's defaults: the layout it reads
     base.update(overrides)
     return tuple(base.items())
