@@ -122,11 +122,8 @@ def demo(
 
 
 def demo_protocol_path() -> Path:
-    """The demo protocol: protocols/demo.yaml in a source checkout, else the packaged copy."""
-    source = Path(__file__).resolve().parents[1] / "protocols" / "demo.yaml"
-    if source.is_file():
-        return source
-    return Path(str(resources.files("audit") / "models" / "demo.yaml"))
+    """The demo protocol shipped as package data (``protocols/demo.yaml`` links to it)."""
+    return Path(str(resources.files("audit") / "data" / "demo.yaml"))
 
 
 @sites_app.command("check")
