@@ -1,0 +1,112 @@
+"""Pre-registered acceptance criteria: pass, fail or inconclusive, with the numbers that decided.
+
+One row per criterion x structure (x group for an axis scope). A row is *inconclusive* when its group has
+fewer patients than ``min_group_size`` or no data; otherwise the chosen bound is compared with the
+threshold. A criterion **fails** if any row fails, is **inconclusive** if none fails but some row is
+inconclusive, and **passes** only when every row passes (:func:`criterion_status`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from audit.protocol import AcceptanceCriterion
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate_acceptance", "criterion_status", "ACCEPTANCE_COLUMNS"]
+
+ACCEPTANCE_COLUMNS = ("id", "description", "metric", "structure", "scope", "group", "estimate", "bound", "operator", "threshold", "value", "status", "reason")
+_OPS = {">=": operator.ge, "<=": operator.le}
+_FIELDS = {"mean": ("mean", "ci_low", "ci_high"), "median": ("median", None, None), "failure_rate": ("failure_rate", "failure_ci_low", "failure_ci_high")}
+
+
+def _row(crit: AcceptanceCriterion, structure: str, group: str, value: float, status: str, reason: str) -> dict:
+    return dict(id=crit.id, description=crit.description, metric=crit.metric, structure=structure, scope=crit.scope, group=group,
+                estimate=crit.estimate, bound=crit.bound, operator=crit.operator, threshold=crit.threshold, value=value, status=status, reason=reason)  # fmt: skip
+
+
+def _judge(crit: AcceptanceCriterion, value: float) -> tuple[str, str]:
+    if value is None or not np.isfinite(value):
+        return "inconclusive", "no finite value to compare"
+    ok = _OPS[crit.operator](value, crit.threshold)
+    return ("pass" if ok else "fail"), f"{crit.bound} {crit.estimate} {value:.4g} {crit.operator} {crit.threshold:g} is {'true' if ok else 'false'}"
+
+
+def _estimate_rows(crit: AcceptanceCriterion, estimates: pd.DataFrame, structure: str, min_group_size: int) -> list[dict]:
+    point, low, high = _FIELDS[crit.estimate]
+    field = {"point": point, "lower": low, "upper": high}[crit.bound] or point
+    sub = estimates[(estimates["structure"] == structure) & (estimates["metric"] == crit.metric)]
+    if crit.scope != "overall":
+        sub = sub[sub["axis"] == crit.scope]
+    if sub.empty:
+        return [_row(crit, structure, "-", math.nan, "inconclusive", "no estimate for this structure and metric")]
+    rows = []
+    for rec in sub.itertuples(index=False):
+        value = float(getattr(rec, field))
+        if rec.n_patients < min_group_size:
+            rows.append(_row(crit, structure, rec.group, value, "inconclusive", f"{rec.n_patients} patients < min_group_size {min_group_size}"))
+            continue
+        status, reason = _judge(crit, value)
+        if field == point and crit.bound != "point":
+            reason += " (no interval for this estimate: point value used)"
+        rows.append(_row(crit, structure, rec.group, value, status, reason))
+    return rows
+
+
+def _gap_rows(crit: AcceptanceCriterion, gaps: pd.DataFrame, structure: str) -> list[dict]:
+    comparison = "vs_reference" if crit.estimate == "gap_vs_reference" else "worst_vs_best"
+    sub = gaps[(gaps["axis"] == crit.scope) & (gaps["structure"] == structure) & (gaps["metric"] == crit.metric) & (gaps["comparison"] == comparison)]
+    sub = sub[~sub["descriptive_only"].astype(bool)]
+    if sub.empty:
+        return [_row(crit, structure, "-", math.nan, "inconclusive", f"no {comparison} gap between groups of at least min_group_size patients")]
+    lo, hi, diff = sub["diff_ci_low"].abs(), sub["diff_ci_high"].abs(), sub["difference"].abs()
+    crosses_zero = (sub["diff_ci_low"] <= 0) & (sub["diff_ci_high"] >= 0)
+    if crit.bound == "upper":
+        values = np.maximum(lo, hi)
+    elif crit.bound == "lower":
+        values = np.where(crosses_zero, 0.0, np.minimum(lo, hi))
+    else:
+        values = diff
+    i = int(np.nanargmax(values.to_numpy(dtype=float))) if np.isfinite(values).any() else 0
+    deciding = sub.iloc[i]
+    status, reason = _judge(crit, float(np.asarray(values)[i]))
+    label = f"{deciding['group']} vs {deciding['reference']}"
+    return [_row(crit, structure, label, float(np.asarray(values)[i]), status, f"largest absolute gap ({label}): {reason}")]
+
+
+def evaluate_acceptance(
+    criteria: Sequence[AcceptanceCriterion],
+    *,
+    overall: pd.DataFrame,
+    group_estimates: pd.DataFrame,
+    gaps: pd.DataFrame,
+    structures: Sequence[str],
+    min_group_size: int,
+) -> pd.DataFrame:
+    """Judge every criterion; the table has one row per criterion x structure (x group)."""
+    rows: list[dict] = []
+    for crit in criteria:
+        targets = list(structures) if crit.structure == "all" else [crit.structure]
+        for structure in targets:
+            if crit.estimate in _FIELDS:
+                source = overall if crit.scope == "overall" else group_estimates
+                rows.extend(_estimate_rows(crit, source, structure, min_group_size))
+            else:
+                rows.extend(_gap_rows(crit, gaps, structure))
+    return pd.DataFrame(rows, columns=list(ACCEPTANCE_COLUMNS))
+
+
+def criterion_status(acceptance: pd.DataFrame) -> dict[str, str]:
+    """Overall status per criterion id: any fail -> fail; else any inconclusive -> inconclusive; else pass."""
+    out: dict[str, str] = {}
+    for cid, sub in acceptance.groupby("id", sort=False):
+        statuses = set(sub["status"])
+        out[str(cid)] = "fail" if "fail" in statuses else "inconclusive" if "inconclusive" in statuses else "pass"
+    return out

@@ -1,0 +1,181 @@
+"""The statistics stage: one call from the analysis table to every estimate, gap, test and decision."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit.protocol import AcceptanceCriterion, StatisticsSettings, SubgroupSettings
+from audit.provenance import json_ready
+from audit.records import UNKNOWN
+from audit.stats.acceptance import ACCEPTANCE_COLUMNS, criterion_status, evaluate_acceptance
+from audit.stats.adjusted import ADJUSTED_COLUMNS, adjusted_effects
+from audit.stats.gaps import EQUIVALENCE_COLUMNS, GAP_COLUMNS, POWER_COLUMNS, adjust_pvalues, axis_gaps
+from audit.stats.groups import ESTIMATE_COLUMNS, INTERSECTION_SEP, GroupResult, axis_labels, group_result, prepare
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StatsResults", "analyze"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsResults:
+    """All statistical results of a run as tidy tables (columns in docs/statistics.md)."""
+
+    overall: pd.DataFrame
+    group_estimates: pd.DataFrame
+    gaps: pd.DataFrame
+    equivalence: pd.DataFrame
+    power: pd.DataFrame
+    adjusted: pd.DataFrame
+    acceptance: pd.DataFrame
+    warnings: tuple[str, ...]
+    settings: Mapping[str, Any]
+
+    @property
+    def criteria(self) -> dict[str, str]:
+        """Overall pass / fail / inconclusive per acceptance criterion id."""
+        return criterion_status(self.acceptance)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (NaN -> null, inf -> "inf")."""
+        tables = {name: getattr(self, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance")}
+        return json_ready({**tables, "criteria": self.criteria, "warnings": list(self.warnings), "settings": dict(self.settings)})
+
+
+def _axes(subgroups: SubgroupSettings) -> list[tuple[str, str | tuple[str, ...]]]:
+    axes: list[tuple[str, str | tuple[str, ...]]] = [(c, c) for c in subgroups.columns]
+    axes += [(INTERSECTION_SEP.join(combo), tuple(combo)) for combo in subgroups.intersections]
+    return axes
+
+
+def analyze(
+    table: pd.DataFrame,
+    *,
+    structures: Sequence[str],
+    metrics: Sequence[str],
+    subgroups: SubgroupSettings,
+    statistics: StatisticsSettings,
+    acceptance: Sequence[AcceptanceCriterion] = (),
+    higher_is_better: Mapping[str, bool],
+    bounded: Mapping[str, bool] | None = None,
+    signed: Sequence[str] = (),
+) -> StatsResults:
+    """Estimate, compare and judge every subgroup of the analysis table.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The metric table joined with the manifest (plus ``age_band``), one row per case x structure x metric.
+    structures, metrics : sequence of str
+        What to analyse.
+    subgroups, statistics, acceptance
+        The protocol's settings.
+    higher_is_better : mapping
+        Direction of each metric (from :data:`audit.metrics.METRICS`).
+    bounded : mapping, optional
+        Metrics bounded in [0, 1] (get a logit-scale adjusted model). Defaults to Dice/IoU/NSD by name.
+    signed : sequence of str
+        Metrics whose ideal is 0 with both signs meaningful (no worst-versus-best ranking by mean).
+    """
+    missing = sorted(set(metrics) - set(higher_is_better))
+    if missing:
+        raise ValueError(f"higher_is_better: no direction given for metrics {missing}")
+    bounded = dict(bounded) if bounded is not None else {m: m in ("dice", "iou") or m.startswith("nsd_") for m in metrics}
+    level, n_boot, method = statistics.confidence_level, statistics.bootstrap_iterations, statistics.bootstrap_method
+    prepared = prepare(table, structures=structures, metrics=metrics)
+    seeds = np.random.SeedSequence(statistics.seed).spawn(1 + len(_axes(subgroups)))
+    common = dict(
+        level=level, method=method, n_resamples=n_boot, min_group_size=statistics.min_group_size,
+        failure_thresholds=statistics.failure_thresholds, higher_is_better=higher_is_better,
+    )  # fmt: skip
+    everyone = np.ones(len(prepared.cases), dtype=bool)
+    overall = group_result(prepared, everyone, axis="overall", group="all", rng=np.random.default_rng(seeds[0]), strata=prepared.cases["site"], **common)
+    estimate_tables = []
+    gap_rows: list[dict] = []
+    equivalence_rows: list[dict] = []
+    power_rows: list[dict] = []
+    for (name, columns), seed in zip(_axes(subgroups), seeds[1:]):
+        rng = np.random.default_rng(seed)
+        labels = axis_labels(prepared.cases, columns).to_numpy()
+        results: list[GroupResult] = [
+            group_result(prepared, labels == g, axis=name, group=str(g), rng=rng, **common) for g in sorted(set(labels))
+        ]
+        estimate_tables.extend(r.table for r in results)
+        gaps, equiv, power = axis_gaps(
+            name, results, prepared.columns, reference=subgroups.reference_groups.get(name), level=level, alpha=statistics.alpha,
+            min_group_size=statistics.min_group_size, margins=statistics.equivalence_margins, higher_is_better=higher_is_better,
+        )  # fmt: skip
+        gap_rows += gaps
+        equivalence_rows += equiv
+        power_rows += power
+    gaps_table = pd.DataFrame(gap_rows, columns=[c for c in GAP_COLUMNS if c not in ("p_holm", "p_fdr_bh", "p_adjusted", "significant")])
+    gaps_table = gaps_table[~((gaps_table["comparison"] == "worst_vs_best") & gaps_table["metric"].isin(signed))]
+    gaps_table = adjust_pvalues(gaps_table, statistics.multiplicity, statistics.alpha)
+    power_table = pd.DataFrame(power_rows, columns=list(POWER_COLUMNS))
+    estimates = pd.concat(estimate_tables, ignore_index=True) if estimate_tables else pd.DataFrame(columns=list(ESTIMATE_COLUMNS))
+    keys = ["axis", "group", "structure", "metric"]
+    estimates = estimates.merge(power_table[[*keys, "mdd"]], on=keys, how="left")
+    refs = gaps_table.loc[gaps_table["comparison"] == "vs_reference", ["axis", "reference", "structure", "metric"]].drop_duplicates()
+    refs = refs.rename(columns={"reference": "group"}).assign(is_reference=True)
+    estimates = estimates.merge(refs, on=keys, how="left")
+    estimates["is_reference"] = estimates["is_reference"].astype("boolean").fillna(False).astype(bool)
+    estimates = estimates.reindex(columns=list(ESTIMATE_COLUMNS))
+    overall_table = overall.table.assign(mdd=np.nan, is_reference=False).reindex(columns=list(ESTIMATE_COLUMNS))
+    adjusted, adjusted_notes = adjusted_effects(table, settings=statistics.adjusted_model, structures=structures, bounded=bounded, level=level)
+    acceptance_table = evaluate_acceptance(
+        acceptance, overall=overall_table, group_estimates=estimates, gaps=gaps_table, structures=structures, min_group_size=statistics.min_group_size
+    )
+    warnings = _warnings(prepared, estimates, statistics.min_group_size) + adjusted_notes
+    settings = {
+        "unit": "patient (cluster bootstrap; repeated exams of a patient resampled together)",
+        "confidence_level": level,
+        "bootstrap_iterations": n_boot,
+        "bootstrap_method": method,
+        "seed": statistics.seed,
+        "overall_strata": "site",
+        "multiplicity": statistics.multiplicity,
+        "family_size": int(gaps_table["p_value"].notna().sum()),
+        "alpha": statistics.alpha,
+        "min_group_size": statistics.min_group_size,
+        "tests": {"bounded metrics": "Welch t-test on patient means", "distance metrics": "Mann-Whitney U on patient means",
+                  "worst_vs_best": "Alexander-Govern (bounded) or Kruskal-Wallis (distance) across groups"},
+    }  # fmt: skip
+    return StatsResults(
+        overall=overall_table,
+        group_estimates=estimates,
+        gaps=gaps_table,
+        equivalence=pd.DataFrame(equivalence_rows, columns=list(EQUIVALENCE_COLUMNS)),
+        power=power_table,
+        adjusted=adjusted.reindex(columns=list(ADJUSTED_COLUMNS)),
+        acceptance=acceptance_table.reindex(columns=list(ACCEPTANCE_COLUMNS)),
+        warnings=tuple(warnings),
+        settings=settings,
+    )
+
+
+def _warnings(prepared, estimates: pd.DataFrame, min_group_size: int) -> list[str]:
+    out = []
+    small = estimates.loc[estimates["descriptive_only"].astype(bool), ["axis", "group"]].drop_duplicates()
+    if len(small):
+        listed = ", ".join(f"{a}={g}" for a, g in small.head(20).itertuples(index=False))
+        more = f" and {len(small) - 20} more" if len(small) > 20 else ""
+        out.append(f"{len(small)} group(s) have fewer than {min_group_size} patients and are descriptive only (no tests): {listed}{more}")
+    n_failed = int(prepared.failed.any(axis=1).sum())
+    if n_failed:
+        out.append(f"{n_failed} case(s) failed; they are counted in n_failed of every estimate, not included in means")
+    n_nonfinite = int(prepared.nonfinite.sum())
+    if n_nonfinite:
+        out.append(f"{n_nonfinite} non-finite metric value(s) (e.g. relative volume error of a false positive) are counted in n_nonfinite, not averaged")
+    for axis in ("sex", "race", "ethnicity", "vendor", "field_strength", "age_years"):
+        if axis in prepared.cases.columns:
+            col = prepared.cases[axis]
+            unknown = int((col.isna() | (col.astype(str) == UNKNOWN)).sum())
+            if unknown:
+                out.append(f"{axis}: {unknown} of {len(col)} case(s) Unknown; they form their own group and are never a reference")
+    return out

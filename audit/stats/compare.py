@@ -1,0 +1,123 @@
+"""Paired comparisons on the same cases: two or more models, or one model against two reference label sets.
+
+For each (structure, metric), the case-level difference (other - baseline) is averaged per patient; the
+mean difference gets a cluster-bootstrap interval over patients and a Wilcoxon signed-rank test on the
+patient-level differences. Holm adjustment runs over every comparison of the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from audit.protocol import StatisticsSettings
+from audit.stats.bootstrap import cluster_bootstrap_means, percentile_interval
+from audit.stats.gaps import holm
+from audit.stats.groups import EVALUABLE
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["paired_differences", "compare_models", "compare_references", "COMPARE_COLUMNS"]
+
+COMPARE_COLUMNS = (
+    "kind", "baseline", "other", "structure", "metric", "n_cases", "n_patients", "mean_baseline", "mean_other",
+    "mean_difference", "ci_low", "ci_high", "test", "statistic", "p_value", "p_holm",
+)  # fmt: skip
+
+
+def _evaluable(table: pd.DataFrame) -> pd.DataFrame:
+    keep = table["status"].isin(EVALUABLE) & np.isfinite(table["value"].astype(float))
+    return table.loc[keep, ["case_id", "patient_id", "structure", "metric", "value"]]
+
+
+def paired_differences(
+    baseline: pd.DataFrame,
+    other: pd.DataFrame,
+    *,
+    structures: Sequence[str],
+    metrics: Sequence[str],
+    statistics: StatisticsSettings,
+    kind: str,
+    names: tuple[str, str],
+) -> pd.DataFrame:
+    """Paired comparison rows of ``other`` against ``baseline`` (both analysis tables with ``patient_id``)."""
+    a = _evaluable(baseline)
+    b = _evaluable(other).drop(columns="patient_id")
+    both = a.merge(b, on=["case_id", "structure", "metric"], suffixes=("_a", "_b"))
+    rng = np.random.default_rng(statistics.seed)
+    rows = []
+    for structure in structures:
+        for metric in metrics:
+            sub = both[(both["structure"] == structure) & (both["metric"] == metric)]
+            row = dict(kind=kind, baseline=names[0], other=names[1], structure=structure, metric=metric, n_cases=len(sub))
+            if sub.empty:
+                rows.append(row)
+                continue
+            diff = (sub["value_b"] - sub["value_a"]).to_numpy(dtype=float)
+            codes, uniques = pd.factorize(sub["patient_id"])
+            sums = np.bincount(codes, weights=diff)[:, None]
+            counts = np.bincount(codes).astype(float)[:, None]
+            boot = cluster_bootstrap_means(sums, counts, n_resamples=statistics.bootstrap_iterations, rng=rng)
+            lo, hi = percentile_interval(boot, statistics.confidence_level)
+            patient_diff = sums[:, 0] / counts[:, 0]
+            if np.all(patient_diff == 0) or patient_diff.size < 2:
+                stat, p = (math.nan, 1.0 if np.all(patient_diff == 0) else math.nan)
+            else:
+                res = stats.wilcoxon(patient_diff)
+                stat, p = float(res.statistic), float(res.pvalue)
+            row.update(
+                n_patients=len(uniques), mean_baseline=float(sub["value_a"].mean()), mean_other=float(sub["value_b"].mean()),
+                mean_difference=float(diff.mean()), ci_low=float(lo[0]), ci_high=float(hi[0]), test="wilcoxon signed-rank (patient means)",
+                statistic=stat, p_value=p,
+            )  # fmt: skip
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+def _holm(table: pd.DataFrame) -> pd.DataFrame:
+    tested = table["p_value"].notna()
+    if tested.any():
+        table.loc[tested, "p_holm"] = holm(table.loc[tested, "p_value"].to_numpy(float))
+    return table
+
+
+def compare_models(
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    structures: Sequence[str],
+    metrics: Sequence[str],
+    statistics: StatisticsSettings,
+    baseline: str | None = None,
+) -> pd.DataFrame:
+    """Every model against ``baseline`` (default: the first) on the cases they share."""
+    if len(tables) < 2:
+        raise ValueError(f"tables: need at least two models to compare; found {list(tables)}")
+    names = list(tables)
+    base = baseline or names[0]
+    if base not in tables:
+        raise ValueError(f"baseline: allowed values are {names}; found {base!r}")
+    parts = [
+        paired_differences(tables[base], tables[n], structures=structures, metrics=metrics, statistics=statistics, kind="model", names=(base, n))
+        for n in names
+        if n != base
+    ]
+    return _holm(pd.concat(parts, ignore_index=True))
+
+
+def compare_references(
+    first: pd.DataFrame,
+    second: pd.DataFrame,
+    *,
+    structures: Sequence[str],
+    metrics: Sequence[str],
+    statistics: StatisticsSettings,
+    names: tuple[str, str] = ("expert", "model_made"),
+) -> pd.DataFrame:
+    """Reference-standard sensitivity: one model scored against two reference label sets."""
+    table = paired_differences(first, second, structures=structures, metrics=metrics, statistics=statistics, kind="reference", names=names)
+    return _holm(table)

@@ -1,0 +1,181 @@
+"""Gaps between groups: versus a reference group and worst versus best, with tests, multiplicity,
+equivalence (TOST) and minimum detectable differences.
+
+Bootstrap draws of each group come from resampling that group's patients alone, so the draws of two
+groups are independent and their difference is a stratified bootstrap of the gap. The worst-versus-best
+gap is the range of the group means; its interval is the bootstrap distribution of the range itself
+(the worst and best group re-chosen in every resample), which accounts for choosing them from the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from audit.records import UNKNOWN
+from audit.stats.bootstrap import percentile_interval
+from audit.stats.groups import GroupResult
+from audit.stats.intervals import minimum_detectable_difference, omnibus_test, test_for_metric, two_group_test, welch_tost
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["choose_reference", "axis_gaps", "adjust_pvalues", "holm", "benjamini_hochberg", "GAP_COLUMNS", "EQUIVALENCE_COLUMNS", "POWER_COLUMNS"]
+
+GAP_COLUMNS = (
+    "axis", "comparison", "group", "reference", "structure", "metric", "difference", "diff_ci_low", "diff_ci_high",
+    "ratio", "ratio_ci_low", "ratio_ci_high", "test", "statistic", "p_value", "p_holm", "p_fdr_bh", "p_adjusted",
+    "significant", "descriptive_only",
+)  # fmt: skip
+EQUIVALENCE_COLUMNS = ("axis", "group", "reference", "structure", "metric", "margin", "difference", "ci_low", "ci_high", "p_tost", "equivalent", "descriptive_only")
+POWER_COLUMNS = ("axis", "group", "reference", "structure", "metric", "n_patients", "sd", "mdd", "descriptive_only")
+
+
+def choose_reference(groups: Sequence[GroupResult], k: int, requested: str | None) -> GroupResult | None:
+    """The protocol's reference group, else the known group with the most patients in column ``k``."""
+    if requested is not None:
+        for g in groups:
+            if g.group == requested:
+                return g
+        logger.warning("reference group %r not present; using the largest group", requested)
+    known = [g for g in groups if g.group != UNKNOWN and g.n_patients[k] > 0]
+    return max(known, key=lambda g: g.n_patients[k], default=None)  # ties: the first group in sorted order
+
+
+def _ratio_ci(boot_g: np.ndarray, boot_r: np.ndarray, level: float) -> tuple[float, float]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = boot_g / boot_r
+    ratio = np.where(np.isfinite(ratio), ratio, np.nan)[:, None]
+    lo, hi = percentile_interval(ratio, level)
+    return float(lo[0]), float(hi[0])
+
+
+def axis_gaps(
+    axis: str,
+    groups: Sequence[GroupResult],
+    columns: Sequence[tuple[str, str]],
+    *,
+    reference: str | None,
+    level: float,
+    alpha: float,
+    min_group_size: int,
+    margins: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Gap, equivalence and power rows of one axis (p-values not yet adjusted)."""
+    gaps: list[dict] = []
+    equivalence: list[dict] = []
+    power: list[dict] = []
+    for k, (structure, metric) in enumerate(columns):
+        ref = choose_reference(groups, k, reference)
+        if ref is None:
+            continue
+        test = test_for_metric(metric)
+        ref_means = ref.patient_means[:, k]
+        ref_means = ref_means[np.isfinite(ref_means)]
+        ref_small = ref.n_patients[k] < min_group_size
+        for g in groups:
+            if g is ref or g.n_patients[k] == 0:
+                continue
+            small = bool(g.n_patients[k] < min_group_size or ref_small)
+            g_means = g.patient_means[:, k][np.isfinite(g.patient_means[:, k])]
+            diff_boot = (g.boot[:, k] - ref.boot[:, k])[:, None]
+            lo, hi = percentile_interval(diff_boot, level)
+            stat, p = (math.nan, math.nan) if small else two_group_test(g_means, ref_means, test)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = float(g.estimate[k] / ref.estimate[k]) if ref.estimate[k] != 0 else math.nan
+            rlo, rhi = _ratio_ci(g.boot[:, k], ref.boot[:, k], level)
+            gaps.append(
+                dict(axis=axis, comparison="vs_reference", group=g.group, reference=ref.group, structure=structure, metric=metric,
+                     difference=float(g.estimate[k] - ref.estimate[k]), diff_ci_low=float(lo[0]), diff_ci_high=float(hi[0]),
+                     ratio=ratio, ratio_ci_low=rlo, ratio_ci_high=rhi, test=test if not small else "none (descriptive only)",
+                     statistic=stat, p_value=p, descriptive_only=small)
+            )  # fmt: skip
+            sd_g = float(np.std(g_means, ddof=1)) if g_means.size > 1 else math.nan
+            sd_r = float(np.std(ref_means, ddof=1)) if ref_means.size > 1 else math.nan
+            power.append(
+                dict(axis=axis, group=g.group, reference=ref.group, structure=structure, metric=metric, n_patients=int(g.n_patients[k]),
+                     sd=sd_g, mdd=minimum_detectable_difference(sd_g, g_means.size, sd_r, ref_means.size, alpha=alpha), descriptive_only=small)
+            )  # fmt: skip
+            if metric in margins:
+                m = float(margins[metric])
+                elo, ehi = percentile_interval(diff_boot, 1.0 - 2.0 * alpha)
+                equivalent = bool(not small and np.isfinite(elo[0]) and -m < elo[0] and ehi[0] < m)
+                equivalence.append(
+                    dict(axis=axis, group=g.group, reference=ref.group, structure=structure, metric=metric, margin=m,
+                         difference=float(g.estimate[k] - ref.estimate[k]), ci_low=float(elo[0]), ci_high=float(ehi[0]),
+                         p_tost=math.nan if small else welch_tost(g_means, ref_means, m), equivalent=equivalent, descriptive_only=small)
+                )  # fmt: skip
+        # worst versus best among known groups large enough to test
+        eligible = [g for g in groups if g.group != UNKNOWN and g.n_patients[k] >= min_group_size]
+        if len(eligible) >= 2:
+            means = np.array([g.estimate[k] for g in eligible])
+            boot = np.column_stack([g.boot[:, k] for g in eligible])
+            higher = higher_is_better.get(metric, True)
+            worst, best = (eligible[int(np.argmin(means))], eligible[int(np.argmax(means))]) if higher else (eligible[int(np.argmax(means))], eligible[int(np.argmin(means))])
+            with np.errstate(invalid="ignore"):
+                range_boot = (np.nanmax(boot, axis=1) - np.nanmin(boot, axis=1))[:, None]
+            rlo, rhi = percentile_interval(range_boot, level)
+            sign = -1.0 if higher else 1.0  # difference = worst - best (negative when higher is better)
+            lo_signed, hi_signed = sorted((sign * float(rlo[0]), sign * float(rhi[0])))
+            name, stat, p = omnibus_test([g.patient_means[:, k] for g in eligible], test)
+            gaps.append(
+                dict(axis=axis, comparison="worst_vs_best", group=worst.group, reference=best.group, structure=structure, metric=metric,
+                     difference=float(worst.estimate[k] - best.estimate[k]), diff_ci_low=lo_signed, diff_ci_high=hi_signed,
+                     ratio=float(worst.estimate[k] / best.estimate[k]) if best.estimate[k] else math.nan, ratio_ci_low=math.nan,
+                     ratio_ci_high=math.nan, test=name, statistic=stat, p_value=p, descriptive_only=False)
+            )  # fmt: skip
+    return gaps, equivalence, power
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values: ``max_{j<=i} min(1, (m - j + 1) p_(j))`` in sorted order."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values: ``min_{j>=i} min(1, m p_(j) / j)`` in sorted order."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    ranked = p[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def adjust_pvalues(gaps: pd.DataFrame, method: str, alpha: float) -> pd.DataFrame:
+    """Holm and Benjamini-Hochberg adjustment over the whole family of tests in ``gaps`` (validated against statsmodels).
+
+    The family is every test of the run that has a p-value: each axis x group x structure x metric
+    versus its reference, and each omnibus worst-versus-best test. Descriptive-only groups are not tested.
+    """
+    out = gaps.copy()
+    for col in ("p_holm", "p_fdr_bh", "p_adjusted"):
+        out[col] = np.nan
+    out["significant"] = False
+    tested = out["p_value"].notna().to_numpy()
+    if tested.any():
+        p = out.loc[tested, "p_value"].to_numpy(dtype=float)
+        out.loc[tested, "p_holm"] = holm(p)
+        out.loc[tested, "p_fdr_bh"] = benjamini_hochberg(p)
+        if method == "none":
+            adjusted = p
+        elif method == "bonferroni":
+            adjusted = np.minimum(1.0, p * p.size)
+        else:
+            adjusted = out.loc[tested, "p_holm" if method == "holm" else "p_fdr_bh"].to_numpy(dtype=float)
+        out.loc[tested, "p_adjusted"] = adjusted
+        out.loc[tested, "significant"] = adjusted < alpha
+    out["significant"] = out["significant"].astype(bool)
+    return out.reindex(columns=list(GAP_COLUMNS))

@@ -1,0 +1,204 @@
+"""Subgroup axes and per-group estimates with cluster-bootstrap intervals.
+
+The analysis table (metric table joined with the manifest) is pivoted once into a case x column
+matrix, one column per (structure, metric). Values count in estimates only for statuses ``ok``,
+``missed`` and ``false_positive`` and only when finite; ``both_empty``, ``failed`` and non-finite values
+are counted per group instead (``n_both_empty``, ``n_failed``, ``n_nonfinite``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from audit.records import UNKNOWN
+from audit.stats.bootstrap import bca_interval, cluster_bootstrap_means, jackknife_means, percentile_interval
+from audit.stats.intervals import wilson_interval
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["add_age_band", "age_band_labels", "Prepared", "prepare", "GroupResult", "group_result", "axis_labels", "ESTIMATE_COLUMNS"]
+
+EVALUABLE = ("ok", "missed", "false_positive")
+INTERSECTION_SEP = " x "
+
+ESTIMATE_COLUMNS = (
+    "axis", "group", "structure", "metric", "n_cases", "n_patients", "n_failed", "n_both_empty", "n_nonfinite",
+    "mean", "median", "sd", "ci_low", "ci_high", "ci_method", "failure_rate", "failure_ci_low", "failure_ci_high",
+    "mdd", "descriptive_only", "is_reference",
+)  # fmt: skip
+
+
+def age_band_labels(edges: Sequence[float]) -> list[str]:
+    """Band labels from edges: [18, 40, 60, 75, 120] -> 18-39, 40-59, 60-74, 75+."""
+    labels = []
+    for i, (lo, hi) in enumerate(zip(edges, edges[1:])):
+        last = i == len(edges) - 2
+        labels.append(f"{lo:g}+" if last else f"{lo:g}-{hi - 1:g}")
+    return labels
+
+
+def add_age_band(df: pd.DataFrame, edges: Sequence[float], *, column: str = "age_years") -> pd.DataFrame:
+    """Return ``df`` with an ``age_band`` column: bands left-closed ``[lo, hi)``, missing age ``Unknown``.
+
+    Ages below the first edge are ``<first``; ages at or above the last edge fall in the last band.
+    """
+    edges = [float(e) for e in edges]
+    age = pd.to_numeric(df[column], errors="coerce") if column in df else pd.Series(np.nan, index=df.index)
+    labels = age_band_labels(edges)
+    idx = np.searchsorted(np.asarray(edges), age.to_numpy(dtype=float), side="right") - 1
+    idx = np.clip(idx, -1, len(labels) - 1)
+    band = np.where(idx >= 0, np.asarray(labels, dtype=object)[np.clip(idx, 0, None)], f"<{edges[0]:g}")
+    band = np.where(age.isna().to_numpy(), UNKNOWN, band)
+    out = df.copy()
+    out["age_band"] = pd.Series(band, index=df.index, dtype=object)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """The analysis table pivoted to one row per case and one column per (structure, metric)."""
+
+    columns: tuple[tuple[str, str], ...]
+    cases: pd.DataFrame  # one row per case: patient_id, site and every axis column
+    values: np.ndarray  # n x K, NaN where not evaluable
+    failed: np.ndarray  # n x K bool
+    both_empty: np.ndarray  # n x K bool
+    nonfinite: np.ndarray  # n x K bool (evaluable status but inf value)
+
+
+def prepare(table: pd.DataFrame, *, structures: Sequence[str], metrics: Sequence[str]) -> Prepared:
+    """Pivot the long analysis table (metric table joined with the manifest)."""
+    required = {"case_id", "structure", "metric", "value", "status", "patient_id", "site"}
+    missing = sorted(required - set(table.columns))
+    if missing:
+        raise ValueError(f"analysis table: missing columns {missing}")
+    sub = table[table["structure"].isin(structures) & table["metric"].isin(metrics)]
+    columns = tuple((s, m) for s in structures for m in metrics)
+    cases = table.drop_duplicates("case_id").set_index("case_id")
+    cases = cases.drop(columns=[c for c in ("structure", "metric", "value", "status", "error", "reference_volume_ml", "predicted_volume_ml") if c in cases])
+    index = pd.MultiIndex.from_tuples(columns, names=["structure", "metric"])
+    value = sub.pivot_table(index="case_id", columns=["structure", "metric"], values="value", aggfunc="first", dropna=False)
+    value = value.reindex(index=cases.index, columns=index)
+    status = sub.pivot(index="case_id", columns=["structure", "metric"], values="status").reindex(index=cases.index, columns=index)
+    v = value.to_numpy(dtype=float)
+    st = status.to_numpy(dtype=object)
+    evaluable_status = np.isin(st, EVALUABLE)
+    finite = np.isfinite(v)
+    return Prepared(
+        columns=columns,
+        cases=cases,
+        values=np.where(evaluable_status & finite, v, np.nan),
+        failed=(st == "failed") | pd.isna(st),
+        both_empty=st == "both_empty",
+        nonfinite=evaluable_status & ~finite & ~np.isnan(v),
+    )
+
+
+def axis_labels(cases: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
+    """Group label of every case on an axis (a column, or an intersection of columns)."""
+    cols = [axis] if isinstance(axis, str) else list(axis)
+    for c in cols:
+        if c not in cases.columns:
+            raise ValueError(f"subgroups: column {c!r} is not in the manifest; available: {sorted(cases.columns)}")
+    parts = [cases[c].astype(object).where(cases[c].notna(), UNKNOWN).astype(str) for c in cols]
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + INTERSECTION_SEP + p
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupResult:
+    """Everything later stages need about one group: per-column estimates, bootstrap draws, patient means."""
+
+    axis: str
+    group: str
+    estimate: np.ndarray  # K
+    boot: np.ndarray  # B x K
+    patient_means: np.ndarray  # P x K (NaN for patients without a value in a column)
+    n_cases: np.ndarray
+    n_patients: np.ndarray
+    table: pd.DataFrame  # estimate rows (ESTIMATE_COLUMNS minus mdd/is_reference, filled later)
+
+
+def group_result(
+    prepared: Prepared,
+    mask: np.ndarray,
+    *,
+    axis: str,
+    group: str,
+    level: float,
+    method: str,
+    n_resamples: int,
+    rng: np.random.Generator,
+    min_group_size: int,
+    failure_thresholds: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+    strata: pd.Series | None = None,
+) -> GroupResult:
+    """Estimates, intervals and bootstrap draws for the cases selected by ``mask``."""
+    values = prepared.values[mask]
+    patients = prepared.cases["patient_id"].to_numpy()[mask]
+    codes, uniques = pd.factorize(patients)
+    n_pat = len(uniques)
+    has = ~np.isnan(values)
+    sums = np.zeros((n_pat, values.shape[1]))
+    counts = np.zeros_like(sums)
+    np.add.at(sums, codes, np.where(has, values, 0.0))
+    np.add.at(counts, codes, has.astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate = sums.sum(axis=0) / counts.sum(axis=0)
+        patient_means = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), np.nan)
+    stratum_codes = None
+    if strata is not None:
+        per_patient = pd.Series(strata.to_numpy()[mask]).groupby(codes).first()
+        stratum_codes = pd.factorize(per_patient.to_numpy())[0]
+    if n_pat:
+        boot = cluster_bootstrap_means(sums, counts, n_resamples=n_resamples, rng=rng, strata=stratum_codes)
+    else:
+        boot = np.full((n_resamples, values.shape[1]), np.nan)
+    if method == "bca" and n_pat > 2:
+        lo, hi = bca_interval(boot, estimate, jackknife_means(sums, counts), level)
+    else:
+        lo, hi = percentile_interval(boot, level)
+    n_cases = counts.sum(axis=0).astype(int)
+    n_patients = (counts > 0).sum(axis=0).astype(int)
+    rows = []
+    for k, (structure, metric) in enumerate(prepared.columns):
+        col = values[:, k][has[:, k]]
+        fr, flo, fhi = (math.nan, math.nan, math.nan)
+        if metric in failure_thresholds and col.size:
+            thr = failure_thresholds[metric]
+            fails = int(np.sum(col < thr) if higher_is_better.get(metric, True) else np.sum(col > thr))
+            fr = fails / col.size
+            flo, fhi = wilson_interval(fails, col.size, level)
+        rows.append(
+            {
+                "axis": axis,
+                "group": group,
+                "structure": structure,
+                "metric": metric,
+                "n_cases": int(n_cases[k]),
+                "n_patients": int(n_patients[k]),
+                "n_failed": int(prepared.failed[mask, k].sum()),
+                "n_both_empty": int(prepared.both_empty[mask, k].sum()),
+                "n_nonfinite": int(prepared.nonfinite[mask, k].sum()),
+                "mean": float(estimate[k]),
+                "median": float(np.median(col)) if col.size else math.nan,
+                "sd": float(np.std(col, ddof=1)) if col.size > 1 else math.nan,
+                "ci_low": float(lo[k]),
+                "ci_high": float(hi[k]),
+                "ci_method": f"cluster bootstrap ({'BCa' if method == 'bca' and n_pat > 2 else 'percentile'}, {n_resamples} resamples, patients)",
+                "failure_rate": fr,
+                "failure_ci_low": flo,
+                "failure_ci_high": fhi,
+                "descriptive_only": bool(n_patients[k] < min_group_size),
+            }
+        )
+    return GroupResult(axis, group, estimate, boot, patient_means, n_cases, n_patients, pd.DataFrame(rows))

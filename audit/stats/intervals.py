@@ -1,0 +1,105 @@
+"""Closed-form intervals and tests: Wilson interval, Welch TOST, minimum detectable difference, group tests."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from scipy import stats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["wilson_interval", "welch_tost", "minimum_detectable_difference", "two_group_test", "omnibus_test", "DISTANCE_METRICS", "test_for_metric"]
+
+#: Metrics whose case distributions are skewed (distances, volume errors): rank-based tests.
+DISTANCE_METRICS = ("hd95", "hd", "assd", "abs_volume_error_ml", "rel_volume_error")
+
+
+def wilson_interval(successes: int, n: int, level: float) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    z = stats.norm.ppf(0.5 + level / 2.0)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _welch(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Difference of means, its standard error and the Welch-Satterthwaite degrees of freedom."""
+    vx, vy = np.var(x, ddof=1) / x.size, np.var(y, ddof=1) / y.size
+    se = math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1)) if se > 0 else math.inf
+    return float(np.mean(x) - np.mean(y)), se, df
+
+
+def welch_tost(x: np.ndarray, y: np.ndarray, margin: float) -> float:
+    """p-value of the two one-sided Welch tests of ``|mean(x) - mean(y)| < margin`` (the larger of the two).
+
+    Matches ``statsmodels.stats.weightstats.ttost_ind(x, y, -margin, margin, usevar="unequal")``.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 2 or y.size < 2:
+        return math.nan
+    diff, se, df = _welch(x, y)
+    if se == 0:
+        return 0.0 if abs(diff) < margin else 1.0
+    p_lower = stats.t.sf((diff + margin) / se, df)  # H0: diff <= -margin
+    p_upper = stats.t.cdf((diff - margin) / se, df)  # H0: diff >= +margin
+    return float(max(p_lower, p_upper))
+
+
+def minimum_detectable_difference(sd_group: float, n_group: int, sd_ref: float, n_ref: int, *, alpha: float, power: float = 0.8) -> float:
+    """Smallest true difference of means a two-sided test at ``alpha`` detects with ``power``.
+
+    ``MDD = (z_{1-alpha/2} + z_{power}) * sqrt(sd_g^2 / n_g + sd_ref^2 / n_ref)`` (normal approximation).
+    """
+    if n_group < 2 or n_ref < 2 or not np.isfinite(sd_group) or not np.isfinite(sd_ref):
+        return math.nan
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return float(z * math.sqrt(sd_group**2 / n_group + sd_ref**2 / n_ref))
+
+
+def test_for_metric(metric: str) -> str:
+    """``mann_whitney`` for skewed distance/volume metrics, ``welch`` for bounded overlap metrics."""
+    return "mann_whitney" if metric in DISTANCE_METRICS else "welch"
+
+
+test_for_metric.__test__ = False  # not a pytest test despite its name
+
+
+def two_group_test(x: np.ndarray, y: np.ndarray, test: str) -> tuple[float, float]:
+    """(statistic, p-value) of a two-sided Welch t-test or Mann-Whitney U test on patient-level values."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size < 2 or y.size < 2:
+        return (math.nan, math.nan)
+    if test == "welch":
+        if np.var(x) == 0 and np.var(y) == 0:
+            return (math.nan, 1.0 if np.mean(x) == np.mean(y) else 0.0)
+        res = stats.ttest_ind(x, y, equal_var=False)
+    elif test == "mann_whitney":
+        res = stats.mannwhitneyu(x, y, alternative="two-sided")
+    else:
+        raise ValueError(f"test: allowed values are 'welch', 'mann_whitney'; found {test!r}")
+    return (float(res.statistic), float(res.pvalue))
+
+
+def omnibus_test(samples: list[np.ndarray], test: str) -> tuple[str, float, float]:
+    """Test of equal centres across several groups: Alexander-Govern (heteroscedastic ANOVA) or Kruskal-Wallis."""
+    samples = [np.asarray(s, float)[np.isfinite(s)] for s in samples]
+    samples = [s for s in samples if s.size >= 2]
+    if len(samples) < 2:
+        return ("none", math.nan, math.nan)
+    if test == "mann_whitney":
+        if len({v for s in samples for v in s}) < 2:
+            return ("kruskal", math.nan, 1.0)
+        res = stats.kruskal(*samples)
+        return ("kruskal", float(res.statistic), float(res.pvalue))
+    if all(np.var(s) == 0 for s in samples):
+        return ("alexander_govern", math.nan, 1.0 if len({float(s[0]) for s in samples}) == 1 else 0.0)
+    res = stats.alexandergovern(*samples)
+    return ("alexander_govern", float(res.statistic), float(res.pvalue))

@@ -1,0 +1,59 @@
+"""Closed-form intervals and tests against statsmodels and scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats.weightstats import ttest_ind, ttost_ind
+
+from audit.stats.gaps import adjust_pvalues
+from audit.stats.intervals import minimum_detectable_difference, two_group_test, welch_tost, wilson_interval
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (17, 250)], ids=["none", "some", "all", "large"])
+def test_wilson_matches_statsmodels(k, n):
+    np.testing.assert_allclose(wilson_interval(k, n, 0.95), proportion_confint(k, n, alpha=0.05, method="wilson"), atol=1e-12)
+
+
+def test_welch_tost_matches_statsmodels():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0.90, 0.03, 30), rng.normal(0.89, 0.05, 45)
+    expected = ttost_ind(x, y, -0.03, 0.03, usevar="unequal")[0]
+    np.testing.assert_allclose(welch_tost(x, y, 0.03), expected, rtol=1e-10)
+
+
+def test_welch_test_matches_statsmodels():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(0.9, 0.02, 20), rng.normal(0.88, 0.06, 35)
+    stat, p = two_group_test(x, y, "welch")
+    ref = ttest_ind(x, y, usevar="unequal")
+    np.testing.assert_allclose([stat, p], ref[:2], rtol=1e-10)
+
+
+def test_holm_and_bh_by_hand():
+    """p = (0.01, 0.04, 0.03): Holm 0.03, 0.06, 0.06; BH 0.03, 0.04, 0.04."""
+    gaps = pd.DataFrame({"p_value": [0.01, 0.04, 0.03, np.nan]})
+    out = adjust_pvalues(gaps, "holm", 0.05)
+    np.testing.assert_allclose(out["p_holm"].to_numpy()[:3], [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(out["p_fdr_bh"].to_numpy()[:3], [0.03, 0.04, 0.04])
+    assert out["significant"].tolist() == [True, False, False, False]  # untested rows are never significant
+    assert np.isnan(out["p_adjusted"].iloc[3])
+
+
+def test_mdd_formula_by_hand():
+    """(1.959964 + 0.841621) * sqrt(0.04^2/25 + 0.04^2/100) = 0.0250569."""
+    np.testing.assert_allclose(minimum_detectable_difference(0.04, 25, 0.04, 100, alpha=0.05), 2.801585 * np.sqrt(0.04**2 / 25 + 0.04**2 / 100), rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2], ids=["s0", "s1", "s2"])
+def test_holm_and_bh_match_statsmodels_multipletests(seed):
+    from statsmodels.stats.multitest import multipletests
+
+    from audit.stats.gaps import benjamini_hochberg, holm
+
+    p = np.random.default_rng(seed).uniform(0, 0.2, size=37)
+    p[:3] = p[3]  # ties
+    np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
+    np.testing.assert_allclose(benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1], rtol=1e-12)
