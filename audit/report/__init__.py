@@ -1,0 +1,21 @@
+"""The report stage: self-contained HTML report, machine-readable tables and the evidence package."""
+
+from __future__ import annotations
+
+from audit.report.formatting import format_value
+from audit.report.package import VerifyResult, build_package, verify_package
+from audit.report.render import render_report
+from audit.report.schema import validate_results
+from audit.report.tables import write_tables
+from audit.results import RESULTS_SCHEMA_VERSION
+
+__all__ = [
+    "RESULTS_SCHEMA_VERSION",
+    "render_report",
+    "write_tables",
+    "validate_results",
+    "build_package",
+    "verify_package",
+    "VerifyResult",
+    "format_value",
+]

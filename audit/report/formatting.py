@@ -1,0 +1,54 @@
+"""The single number-formatting rule of the report (also used by the tests that check displayed numbers)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["format_value", "decimals_for"]
+
+_THREE = ("dice", "iou", "dice_slicewise_cspineseg", "failure_rate", "ratio", "p")
+_PERCENT = ("percent",)
+
+
+def decimals_for(kind: str) -> int:
+    """Decimals shown for a metric or kind: 3 for overlap scores, rates, ratios and p-values, 1 for percentages,
+    2 for distances (mm), volumes (ml) and everything else."""
+    if kind in _THREE or kind.startswith("nsd_") or kind.startswith("p_"):
+        return 3
+    if kind in _PERCENT:
+        return 1
+    return 2
+
+
+def format_value(value: Any, kind: str = "") -> str:
+    """Format a number for display: ``None``/NaN -> "–", +/-inf -> "∞"/"-∞", integers as integers.
+
+    Parameters
+    ----------
+    value : float, int, str or None
+        The value as stored in results.json (``"inf"`` strings are accepted).
+    kind : str
+        Metric name (``dice``, ``hd95``, ``nsd_2mm``) or a kind (``percent``, ``count``, ``p``).
+    """
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, str):
+        if value in ("inf", "-inf"):
+            return "∞" if value == "inf" else "-∞"
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if kind == "count" or (isinstance(value, int) and not isinstance(value, bool)):
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if kind.startswith("p") and kind != "percent" and 0 < value < 0.001:
+        return "<0.001"
+    return f"{value:.{decimals_for(kind)}f}"

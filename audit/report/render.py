@@ -1,0 +1,149 @@
+"""Render report.html from a run folder (results.json, metrics.csv, manifest.csv): one self-contained file.
+
+Every number in a table is written by :func:`_Numbers.cell` as
+``<span class="num" data-src="statistics.gaps" data-row="3" data-field="p_adjusted" data-kind="p">…</span>``
+so a test can find each displayed number, look it up in results.json and re-format it independently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup
+
+from audit.report.figures import distribution_plot, forest_plot, intersection_heatmap
+from audit.report.formatting import format_value
+from audit.report.gallery import case_figure, worst_cases
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["render_report", "build_context"]
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("audit.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
+_STATUS_ORDER = {"fail": 0, "inconclusive": 1, "pass": 2}
+
+
+class _Numbers:
+    """Looks values up in results.json by (source, row, field) and renders them as tagged spans."""
+
+    def __init__(self, results: Mapping[str, Any]):
+        self.results = results
+
+    def table(self, source: str) -> list[Mapping[str, Any]]:
+        node: Any = self.results
+        for key in source.split("."):
+            node = node[key]
+        return node
+
+    def cell(self, source: str, row: int, field: str, kind: str = "") -> Markup:
+        value = self.table(source)[row][field]
+        text = format_value(value, kind)
+        return Markup('<span class="num" data-src="{}" data-row="{}" data-field="{}" data-kind="{}">{}</span>').format(source, row, field, kind, text)
+
+
+def _rows(results: Mapping[str, Any], source: str, **equals: Any) -> list[tuple[int, Mapping[str, Any]]]:
+    node: Any = results
+    for key in source.split("."):
+        node = node[key]
+    return [(i, r) for i, r in enumerate(node) if all(r.get(k) == v for k, v in equals.items())]
+
+
+def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything the template shows, derived from the run folder."""
+    protocol = results["protocol"]
+    stats = results["statistics"]
+    structures: Sequence[str] = results["metrics"]["structures"]
+    metric_names: Sequence[str] = results["metrics"]["names"]
+    primary = protocol["statistics"]["primary_metric"]
+    primary = primary if primary in metric_names else metric_names[0]
+    higher = results["metrics"]["definitions"][primary]["higher_is_better"]
+    margin = protocol["statistics"]["equivalence_margins"].get(primary)
+    estimates = pd.DataFrame(stats["group_estimates"])
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    manifest = pd.read_csv(run_dir / "manifest.csv", dtype={"patient_id": str})
+    cases = metrics.merge(manifest, on="case_id", how="left")
+    if "age_band" not in cases:
+        from audit.stats import add_age_band
+
+        cases = add_age_band(cases, protocol["subgroups"]["age_bands"])
+    axes = list(dict.fromkeys(estimates["axis"])) if len(estimates) else []
+    single_axes = [a for a in axes if " x " not in a]
+    intersections = [a for a in axes if " x " in a]
+    t0 = time.perf_counter()
+    forests = {a: forest_plot(estimates, axis=a, metric=primary, structures=structures, margin=margin) for a in single_axes}
+    distributions = {b: distribution_plot(cases, by=b, metric=primary, structures=structures) for b in ("vendor", "field_strength") if b in cases}
+    heatmaps = {a: intersection_heatmap(estimates, axis=a, metric=primary, structures=structures) for a in intersections}
+    gallery = _gallery(run_dir, cases, protocol, primary, higher)
+    logger.info("report figures in %.2f s", time.perf_counter() - t0)
+    criteria = stats.get("criteria", {})
+    acceptance = sorted(
+        ({"id": cid, "status": status, "rows": _rows(results, "statistics.acceptance", id=cid)} for cid, status in criteria.items()),
+        key=lambda c: _STATUS_ORDER.get(c["status"], 3),
+    )
+    table1_axes = list(dict.fromkeys(r["axis"] for r in results["cohort"]["table1"]))
+    return {
+        "r": results,
+        "n": _Numbers(results),
+        "rows": lambda source, **eq: _rows(results, source, **eq),
+        "primary": primary,
+        "structures": structures,
+        "metric_names": metric_names,
+        "acceptance": acceptance,
+        "table1_axes": table1_axes,
+        "single_axes": single_axes,
+        "intersections": intersections,
+        "forests": forests,
+        "distributions": distributions,
+        "heatmaps": heatmaps,
+        "gallery": gallery,
+        "definitions": results["metrics"]["definitions"],
+        "failures": results["failures"],
+        "harmonization_warnings": results["harmonization"]["warnings"],
+        "completeness": results["harmonization"]["metadata_completeness"],
+        "synthetic_columns": results["data"].get("synthetic_columns", []),
+        "fmt": format_value,
+    }
+
+
+def _gallery(run_dir: Path, cases: pd.DataFrame, protocol: Mapping[str, Any], metric: str, higher: bool) -> list[dict[str, Any]]:
+    per_group = int(protocol["report"]["worst_cases_per_group"])
+    if per_group <= 0 or cases.empty or "site" not in cases:
+        return []
+    worst = worst_cases(cases, axis="site", metric=metric, higher_is_better=higher, per_group=per_group)
+    info = cases.drop_duplicates("case_id").set_index("case_id")
+    values = {"vertebral_body": 1, "intervertebral_disc": 2, "spinal_canal": 3, "spinal_cord": 4, "vertebra": 5}
+    structures = {s: values[s] for s in protocol["structures"] if s in values}
+    out = []
+    for group, sub in worst.groupby("site", sort=True):
+        figures = []
+        for rec in sub.itertuples(index=False):
+            row = info.loc[rec.case_id]
+            if not isinstance(row.get("prediction_path"), str):
+                continue
+            uri = case_figure(pd.concat([row, pd.Series({"case_id": rec.case_id})]), run_dir=run_dir, label_values=structures, title=f"{rec.case_id}\nmean {metric} {format_value(rec.value, metric)}")
+            if uri:
+                figures.append({"case_id": rec.case_id, "value": float(rec.value), "uri": uri})
+        out.append({"group": group, "cases": figures})
+    return out
+
+
+def render_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` (or ``out``) for a run folder and return its path."""
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    context = build_context(run_dir, results)
+    html = _ENV.get_template("report.html.j2").render(**context)
+    target = Path(out) if out else run_dir / "report.html"
+    tmp = target.with_suffix(".html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(target)
+    logger.info("report written: %s (%.1f kB)", target, target.stat().st_size / 1024)
+    return target
+
