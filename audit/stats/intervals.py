@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from scipy import stats
@@ -14,6 +17,15 @@ __all__ = ["wilson_interval", "welch_tost", "minimum_detectable_difference", "tw
 
 #: Metrics whose case distributions are skewed (distances, volume errors): rank-based tests.
 DISTANCE_METRICS = ("hd95", "hd", "assd", "abs_volume_error_ml", "rel_volume_error")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence scipy's precision warnings for nearly identical samples: repeated identical scores are
+    legitimate data here, and the statistic is still returned (NaN where undefined)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def wilson_interval(successes: int, n: int, level: float) -> tuple[float, float]:
@@ -77,14 +89,12 @@ def two_group_test(x: np.ndarray, y: np.ndarray, test: str) -> tuple[float, floa
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     if x.size < 2 or y.size < 2:
         return (math.nan, math.nan)
-    if test == "welch":
-        if np.var(x) == 0 and np.var(y) == 0:
-            return (math.nan, 1.0 if np.mean(x) == np.mean(y) else 0.0)
-        res = stats.ttest_ind(x, y, equal_var=False)
-    elif test == "mann_whitney":
-        res = stats.mannwhitneyu(x, y, alternative="two-sided")
-    else:
+    if test not in ("welch", "mann_whitney"):
         raise ValueError(f"test: allowed values are 'welch', 'mann_whitney'; found {test!r}")
+    if test == "welch" and np.var(x) == 0 and np.var(y) == 0:
+        return (math.nan, 1.0 if np.mean(x) == np.mean(y) else 0.0)
+    with _quiet():
+        res = stats.ttest_ind(x, y, equal_var=False) if test == "welch" else stats.mannwhitneyu(x, y, alternative="two-sided")
     return (float(res.statistic), float(res.pvalue))
 
 
@@ -97,9 +107,11 @@ def omnibus_test(samples: list[np.ndarray], test: str) -> tuple[str, float, floa
     if test == "mann_whitney":
         if len({v for s in samples for v in s}) < 2:
             return ("kruskal", math.nan, 1.0)
-        res = stats.kruskal(*samples)
+        with _quiet():
+            res = stats.kruskal(*samples)
         return ("kruskal", float(res.statistic), float(res.pvalue))
     if all(np.var(s) == 0 for s in samples):
         return ("alexander_govern", math.nan, 1.0 if len({float(s[0]) for s in samples}) == 1 else 0.0)
-    res = stats.alexandergovern(*samples)
+    with _quiet():
+        res = stats.alexandergovern(*samples)
     return ("alexander_govern", float(res.statistic), float(res.pvalue))
