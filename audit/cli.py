@@ -182,5 +182,46 @@ def verify(zip_path: Path = typer.Argument(..., exists=True, dir_okay=False)) ->
     raise typer.Exit(1)
 
 
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., exists=True, file_okay=False, help="Two or more run folders of the same protocol and cases; the first is the baseline."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file for the comparison table."),
+    references: bool = typer.Option(False, "--references", help="The runs score one model against different reference label sets."),
+) -> None:
+    """Paired comparison of models (or of reference standards) on the same cases."""
+    import pandas as pd
+
+    from audit.protocol import load_protocol
+    from audit.stats import compare_models, compare_references
+
+    _setup_logging(False)
+    if len(runs) < 2:
+        console.print("[red]compare needs at least two run folders[/red]")
+        raise typer.Exit(2)
+    protocol = load_protocol(runs[0] / "protocol.yaml")
+    tables = {}
+    for run in runs:
+        metrics = pd.read_csv(run / "metrics.csv")
+        manifest = pd.read_csv(run / "manifest.csv", usecols=["case_id", "patient_id"], dtype=str)
+        tables[run.name] = metrics.merge(manifest, on="case_id", how="left")
+    names = sorted(set.intersection(*(set(t["metric"]) for t in tables.values())))
+    kwargs = dict(structures=protocol.structures, metrics=names, statistics=protocol.statistics)
+    if references:
+        first, second = list(tables)[:2]
+        table = compare_references(tables[first], tables[second], names=(first, second), **kwargs)
+    else:
+        table = compare_models(tables, **kwargs)
+    view = Table(title="Paired differences (other - baseline)")
+    cols = ("baseline", "other", "structure", "metric", "n_patients", "mean_difference", "ci_low", "ci_high", "p_holm")
+    for col in cols:
+        view.add_column(col)
+    for rec in table.itertuples(index=False):
+        view.add_row(*(f"{getattr(rec, c):.4g}" if isinstance(getattr(rec, c), float) else str(getattr(rec, c)) for c in cols))
+    console.print(view)
+    if out:
+        table.to_csv(out, index=False)
+        console.print(f"[bold]Comparison table:[/bold] {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
