@@ -10,12 +10,11 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from audit import ontology
-from audit.metrics import EmptyPolicy, compute_case_metrics
+from audit.metrics import EmptyPolicy, compute_case_metrics, load_labels_with_affine
 from audit.records import CaseFailure
 
 logger = logging.getLogger(__name__)
@@ -67,15 +66,12 @@ def metric_names(names: Sequence[str], nsd_tolerances_mm: Sequence[float]) -> tu
 
 def _load_labels(path: str, what: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
+        data, spacing, affine = load_labels_with_affine(path)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise ValueError(f"{what} file {path!r} cannot be read: {type(exc).__name__}: {exc}") from exc
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"{what} file {path!r}: expected a 3D label volume; found shape {data.shape}")
-    return data, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, affine, spacing
 
 
 def evaluate_case(

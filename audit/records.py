@@ -32,6 +32,7 @@ __all__ = [
     "METADATA_COLUMNS",
     "METRIC_COLUMNS",
     "STATUSES",
+    "EVALUABLE_STATUSES",
     "FAILURE_COLUMNS",
     "CaseFailure",
     "ManifestRow",
@@ -96,6 +97,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 
 #: Per-structure status values of the metric table.
 STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty", "failed")
+#: Statuses whose (finite) values enter estimates; ``both_empty`` and ``failed`` are counted instead.
+EVALUABLE_STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive")
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "case_id",

@@ -14,7 +14,7 @@ Definitions and references are in ``docs/metrics.md``.
 from __future__ import annotations
 
 from audit.metrics.case import compute_case_metrics
-from audit.metrics.io import load_labels
+from audit.metrics.io import load_labels, load_labels_with_affine
 from audit.metrics.levels import LEVEL_COLUMNS, compute_level_metrics
 from audit.metrics.registry import METRICS, EmptyPolicy, MetricSpec, metric_spec
 
@@ -27,4 +27,5 @@ __all__ = [
     "compute_level_metrics",
     "LEVEL_COLUMNS",
     "load_labels",
+    "load_labels_with_affine",
 ]

@@ -21,6 +21,7 @@ import patsy
 import statsmodels.formula.api as smf
 
 from audit.protocol import AdjustedModelSettings
+from audit.records import EVALUABLE_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def adjusted_effects(
     targets = [settings.structure] if settings.structure else list(structures)
     for structure in targets:
         df = analysis[(analysis["metric"] == settings.metric) & (analysis["structure"] == structure)]
-        df = df[df["status"].isin(["ok", "missed", "false_positive"]) & np.isfinite(df["value"].astype(float))].copy()
+        df = df[df["status"].isin(EVALUABLE_STATUSES) & np.isfinite(df["value"].astype(float))].copy()
         factors = [f for f in settings.factors if f in df.columns]
         missing = sorted(set(settings.factors) - set(factors))
         if missing:

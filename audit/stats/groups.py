@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from audit.records import UNKNOWN
+from audit.records import EVALUABLE_STATUSES, UNKNOWN
 from audit.stats.bootstrap import bca_interval, cluster_bootstrap_means, jackknife_means, percentile_interval
 from audit.stats.intervals import wilson_interval
 
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["add_age_band", "age_band_labels", "Prepared", "prepare", "GroupResult", "group_result", "axis_labels", "ESTIMATE_COLUMNS"]
 
-EVALUABLE = ("ok", "missed", "false_positive")
+EVALUABLE = EVALUABLE_STATUSES
 INTERSECTION_SEP = " x "
 
 ESTIMATE_COLUMNS = (

@@ -21,7 +21,7 @@ from audit.provenance import sha256_table
 
 REPO = Path(__file__).resolve().parents[2]
 from conftest import DEMO_CASES as N_CASES, DEMO_SEED as SEED  # noqa: E402
-EVALUABLE = ("ok", "missed", "false_positive")
+from audit.records import EVALUABLE_STATUSES as EVALUABLE  # noqa: E402
 
 
 @pytest.fixture(scope="session")
