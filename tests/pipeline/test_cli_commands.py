@@ -49,3 +49,16 @@ def test_invalid_protocol_exits_2_with_the_reason(tmp_path, content):
     path.write_text(content)
     result = CliRunner().invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "Invalid protocol" in result.output
+
+
+def test_run_the_shipped_demo_protocol_until_sites(tmp_path):
+    """`spine-audit run protocols/demo.yaml` reads the same cohort the demo generates (stopped after the manifest)."""
+    from pathlib import Path
+
+    protocol = Path(__file__).resolve().parents[2] / "protocols" / "demo.yaml"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(protocol), "--until", "sites", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 48 and manifest["site"].nunique() == 4
+    assert not (out / "results.json").exists()  # stopped where asked
