@@ -11,11 +11,11 @@ from audit.results import RESULTS_SCHEMA_VERSION
 
 __all__ = [
     "RESULTS_SCHEMA_VERSION",
-    "render_report",
-    "write_tables",
-    "validate_results",
-    "build_package",
-    "verify_package",
     "VerifyResult",
+    "build_package",
     "format_value",
+    "render_report",
+    "validate_results",
+    "verify_package",
+    "write_tables",
 ]

@@ -14,13 +14,15 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from audit.records import EVALUABLE_STATUSES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OKABE_ITO", "MARKERS", "to_data_uri", "forest_plot", "distribution_plot", "intersection_heatmap"]
+__all__ = ["MARKERS", "OKABE_ITO", "distribution_plot", "forest_plot", "intersection_heatmap", "to_data_uri"]
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -75,7 +77,7 @@ def forest_plot(estimates: pd.DataFrame, *, axis: str, metric: str, structures: 
 
 def distribution_plot(cases: pd.DataFrame, *, by: str, metric: str, structures: Sequence[str]) -> str:
     """Box plots of the per-case metric by a column, one panel per structure, cases drawn as points."""
-    sub = cases[(cases["metric"] == metric) & cases["status"].isin(["ok", "missed", "false_positive"]) & np.isfinite(cases["value"])]
+    sub = cases[(cases["metric"] == metric) & cases["status"].isin(EVALUABLE_STATUSES) & np.isfinite(cases["value"])]
     groups = sorted(sub[by].astype(str).unique())
     fig, panels = plt.subplots(1, len(structures), figsize=(3.2 * len(structures), 2.8), sharey=True, squeeze=False)
     rng = np.random.default_rng(0)

@@ -1,20 +1,25 @@
-"""The single number-formatting rule of the report (also used by the tests that check displayed numbers)."""
+"""The single number-formatting rule of the report (documented in docs/report.md, "Number format").
+
+Rule: ``None``/NaN -> "–"; +/-inf -> "∞"/"-∞"; counts as integers; 3 decimals for overlap scores (dice, iou,
+nsd_*), rates, ratios, effects and p-values (p below 0.001 shown as "<0.001"); 1 decimal for percentages;
+2 decimals for distances (mm), volumes (ml), seconds and anything else.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["format_value", "decimals_for"]
+__all__ = ["decimals_for", "format_value"]
 
-_THREE = ("dice", "iou", "dice_slicewise_cspineseg", "failure_rate", "ratio", "p")
+_THREE = ("dice", "iou", "dice_slicewise_cspineseg", "failure_rate", "ratio", "effect", "p")
 _PERCENT = ("percent",)
 
 
 def decimals_for(kind: str) -> int:
-    """Decimals shown for a metric or kind: 3 for overlap scores, rates, ratios and p-values, 1 for percentages,
-    2 for distances (mm), volumes (ml) and everything else."""
-    if kind in _THREE or kind.startswith("nsd_") or kind.startswith("p_"):
+    """Decimals shown for a metric or kind: 3 for overlap scores, rates, ratios, effects and p-values,
+    1 for percentages, 2 for distances (mm), volumes (ml) and everything else."""
+    if kind in _THREE or kind.startswith(("nsd_", "p_")):
         return 3
     if kind in _PERCENT:
         return 1
@@ -42,13 +47,15 @@ def format_value(value: Any, kind: str = "") -> str:
             return value
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if kind == "count" or (isinstance(value, int) and not isinstance(value, bool)):
-        return str(int(value))
+    if isinstance(value, int) and not kind:
+        return str(value)
     value = float(value)
     if math.isnan(value):
         return "–"
     if math.isinf(value):
         return "∞" if value > 0 else "-∞"
-    if kind.startswith("p") and kind != "percent" and 0 < value < 0.001:
+    if kind == "count":
+        return str(round(value))
+    if (kind == "p" or kind.startswith("p_")) and 0 < value < 0.001:
         return "<0.001"
     return f"{value:.{decimals_for(kind)}f}"

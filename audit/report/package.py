@@ -22,7 +22,7 @@ from audit.report.schema import validate_results
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_package", "verify_package", "VerifyResult", "PATH_COLUMNS", "REQUIRED_FILES"]
+__all__ = ["PATH_COLUMNS", "REQUIRED_FILES", "VerifyResult", "build_package", "verify_package"]
 
 PATH_COLUMNS = ("image_path", "label_path", "prediction_path")
 REQUIRED_FILES = ("report.html", "results.json", "protocol.yaml", "metrics.csv", "failures.csv", "manifest.csv")

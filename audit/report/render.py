@@ -1,8 +1,10 @@
 """Render report.html from a run folder (results.json, metrics.csv, manifest.csv): one self-contained file.
 
 Every number in a table is written by :func:`_Numbers.cell` as
-``<span class="num" data-src="statistics.gaps" data-row="3" data-field="p_adjusted" data-kind="p">…</span>``
-so a test can find each displayed number, look it up in results.json and re-format it independently.
+``<span class="num" data-src="statistics.gaps" data-row="3" data-field="p_adjusted" data-kind="p"
+data-axis="site" data-group="site-B" data-structure="vertebral_body" data-metric="dice">…</span>``
+(the key fields of the row that are present, see ``KEY_FIELDS``) so a test can find each displayed number,
+look its row up in results.json by key and re-format the value independently (docs/report.md).
 """
 
 from __future__ import annotations
@@ -18,16 +20,26 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from audit.report.figures import distribution_plot, forest_plot, intersection_heatmap
+from audit.ontology import COARSE_VALUES, LABEL_MAPS, LabelMap, label_map_from_dict
+from audit.report.figures import (
+    OKABE_ITO,
+    distribution_plot,
+    forest_plot,
+    intersection_heatmap,
+)
 from audit.report.formatting import format_value
 from audit.report.gallery import case_figure, worst_cases
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["render_report", "build_context"]
+__all__ = ["KEY_FIELDS", "build_context", "render_report"]
+
+#: Row fields copied to ``data-*`` attributes of each number span (those present in the row).
+KEY_FIELDS = ("id", "axis", "comparison", "group", "reference", "structure", "metric", "model", "term", "site", "column", "warning", "case_id")
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("audit.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
 _STATUS_ORDER = {"fail": 0, "inconclusive": 1, "pass": 2}
+
 
 
 class _Numbers:
@@ -43,9 +55,12 @@ class _Numbers:
         return node
 
     def cell(self, source: str, row: int, field: str, kind: str = "") -> Markup:
-        value = self.table(source)[row][field]
-        text = format_value(value, kind)
-        return Markup('<span class="num" data-src="{}" data-row="{}" data-field="{}" data-kind="{}">{}</span>').format(source, row, field, kind, text)
+        record = self.table(source)[row]
+        text = format_value(record[field], kind)
+        keys = Markup("").join(Markup(' data-{}="{}"').format(k.replace("_", "-"), record[k]) for k in KEY_FIELDS if record.get(k) is not None)
+        return Markup('<span class="num" data-src="{}" data-row="{}" data-field="{}" data-kind="{}"{}>{}</span>').format(
+            source, row, field, kind, keys, text
+        )
 
 
 def _rows(results: Mapping[str, Any], source: str, **equals: Any) -> list[tuple[int, Mapping[str, Any]]]:
@@ -80,7 +95,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
     forests = {a: forest_plot(estimates, axis=a, metric=primary, structures=structures, margin=margin) for a in single_axes}
     distributions = {b: distribution_plot(cases, by=b, metric=primary, structures=structures) for b in ("vendor", "field_strength") if b in cases}
     heatmaps = {a: intersection_heatmap(estimates, axis=a, metric=primary, structures=structures) for a in intersections}
-    gallery = _gallery(run_dir, cases, protocol, primary, higher)
+    gallery = _gallery(run_dir, cases, protocol, primary, higher, results.get("model", {}).get("labels"))
     logger.info("report figures in %.2f s", time.perf_counter() - t0)
     criteria = stats.get("criteria", {})
     acceptance = sorted(
@@ -109,29 +124,53 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "completeness": results["harmonization"]["metadata_completeness"],
         "synthetic_columns": results["data"].get("synthetic_columns", []),
         "fmt": format_value,
+        "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],
+        **_limitations(results),
     }
 
 
-def _gallery(run_dir: Path, cases: pd.DataFrame, protocol: Mapping[str, Any], metric: str, higher: bool) -> list[dict[str, Any]]:
+def _label_map(name: str, values: Mapping[str, str] | None) -> LabelMap | None:
+    """A known label map by name, or one built from ``values``; None (canonical values) when neither applies."""
+    if values:
+        try:
+            return label_map_from_dict(name, values)
+        except (KeyError, ValueError) as exc:
+            logger.warning("gallery: model label map not usable (%s); drawing raw values", exc)
+            return None
+    return LABEL_MAPS.get(name)
+
+
+def _gallery(
+    run_dir: Path, cases: pd.DataFrame, protocol: Mapping[str, Any], metric: str, higher: bool, model_labels: Mapping[str, str] | None
+) -> list[dict[str, Any]]:
+    """The worst ``report.worst_cases_per_group`` cases of each site (bounded: sites x per_group images)."""
     per_group = int(protocol["report"]["worst_cases_per_group"])
     if per_group <= 0 or cases.empty or "site" not in cases:
         return []
     worst = worst_cases(cases, axis="site", metric=metric, higher_is_better=higher, per_group=per_group)
     info = cases.drop_duplicates("case_id").set_index("case_id")
-    values = {"vertebral_body": 1, "intervertebral_disc": 2, "spinal_canal": 3, "spinal_cord": 4, "vertebra": 5}
-    structures = {s: values[s] for s in protocol["structures"] if s in values}
+    structures = {s: COARSE_VALUES[s] for s in protocol["structures"] if s in COARSE_VALUES}
+    prediction_map = _label_map("model", model_labels) if model_labels else None
     out = []
     for group, sub in worst.groupby("site", sort=True):
         figures = []
         for rec in sub.itertuples(index=False):
-            row = info.loc[rec.case_id]
-            if not isinstance(row.get("prediction_path"), str):
+            row = {**info.loc[rec.case_id].to_dict(), "case_id": rec.case_id}
+            if not isinstance(row.get("prediction_path"), str) or not row["prediction_path"]:
                 continue
-            uri = case_figure(pd.concat([row, pd.Series({"case_id": rec.case_id})]), run_dir=run_dir, label_values=structures, title=f"{rec.case_id}\nmean {metric} {format_value(rec.value, metric)}")
+            reference_map = _label_map(str(row.get("label_map")), None)
+            uri = case_figure(row, run_dir=run_dir, label_values=structures, reference_map=reference_map, prediction_map=prediction_map)
             if uri:
                 figures.append({"case_id": rec.case_id, "value": float(rec.value), "uri": uri})
         out.append({"group": group, "cases": figures})
     return out
+
+
+def _limitations(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Small (descriptive-only) groups and Unknown (missing) demographic counts, for the limitations section."""
+    small = dict.fromkeys((r["axis"], r["group"]) for r in results["statistics"]["group_estimates"] if r.get("descriptive_only"))
+    missing = [(i, r) for i, r in enumerate(results["cohort"]["table1"]) if r["group"] == "Unknown" and r["axis"] != "site"]
+    return {"small_groups": list(small), "missing_rows": missing}
 
 
 def render_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 
 from audit.results import RESULTS_SCHEMA_VERSION
 
-__all__ = ["validate_results", "REQUIRED"]
+__all__ = ["REQUIRED", "validate_results"]
 
 #: Required keys and their JSON types, by dotted path.
 REQUIRED: Mapping[str, type | tuple[type, ...]] = {
@@ -43,6 +43,26 @@ REQUIRED: Mapping[str, type | tuple[type, ...]] = {
 }
 
 
+#: Columns every record of a list-valued section must carry (docs/report.md, "results.json schema").
+ROW_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "cohort.table1": ("axis", "group", "n_cases", "n_patients", "percent"),
+    "statistics.overall": ("axis", "group", "structure", "metric", "n_cases", "n_patients", "n_failed", "mean", "ci_low", "ci_high",
+                           "descriptive_only", "is_reference"),
+    "statistics.group_estimates": ("axis", "group", "structure", "metric", "n_cases", "n_patients", "n_failed", "n_both_empty", "mean",
+                                   "median", "sd", "ci_low", "ci_high", "ci_method", "failure_rate", "mdd", "descriptive_only", "is_reference"),
+    "statistics.gaps": ("axis", "comparison", "group", "reference", "structure", "metric", "difference", "diff_ci_low", "diff_ci_high",
+                        "test", "p_value", "p_holm", "p_fdr_bh", "p_adjusted", "significant"),
+    "statistics.equivalence": ("axis", "group", "reference", "structure", "metric", "margin", "difference", "ci_low", "ci_high", "p_tost",
+                               "equivalent"),
+    "statistics.adjusted": ("metric", "structure", "model", "term", "estimate", "ci_low", "ci_high", "p_value", "n_obs", "n_groups"),
+    "statistics.acceptance": ("id", "description", "metric", "structure", "scope", "group", "estimate", "bound", "operator", "threshold",
+                              "value", "status", "reason"),
+    "failures": ("case_id", "site", "stage", "error_type", "error"),
+}  # fmt: skip
+ACCEPTANCE_STATUSES = ("pass", "fail", "inconclusive")
+_NUMBER = (int, float)
+
+
 def _get(doc: Any, path: str) -> Any:
     for key in path.split("."):
         if not isinstance(doc, Mapping) or key not in doc:
@@ -52,7 +72,14 @@ def _get(doc: Any, path: str) -> Any:
 
 
 def validate_results(results: Mapping[str, Any]) -> list[str]:
-    """Return the problems found (empty when valid): missing keys, wrong types, unknown schema version."""
+    """Check results.json against schema version 1.0 (docs/report.md).
+
+    Returns
+    -------
+    list of str
+        The problems found (empty when valid): missing keys, wrong types, unknown schema version, malformed
+        sha256 digests, table records lacking contract fields, acceptance statuses outside pass/fail/inconclusive.
+    """
     problems = []
     for path, kind in REQUIRED.items():
         try:
@@ -64,8 +91,46 @@ def validate_results(results: Mapping[str, Any]) -> list[str]:
             problems.append(f"results.json: {path} should be {getattr(kind, '__name__', kind)}; found {type(value).__name__}")
     if results.get("schema_version") not in (None, RESULTS_SCHEMA_VERSION):
         problems.append(f"results.json: schema_version {results.get('schema_version')!r} is not {RESULTS_SCHEMA_VERSION!r}")
-    for key in ("protocol_sha256",):
-        value = results.get(key)
-        if isinstance(value, str) and len(value) != 64:
-            problems.append(f"results.json: {key} is not a sha256 hex digest")
+    for path in ("protocol_sha256", "data.manifest_sha256"):
+        try:
+            value = _get(results, path)
+        except KeyError:
+            continue
+        if isinstance(value, str) and not _is_sha256(value):
+            problems.append(f"results.json: {path} is not a sha256 hex digest (64 hex characters); found {value!r}")
+    for path, fields in ROW_FIELDS.items():
+        try:
+            rows = _get(results, path)
+        except KeyError:
+            continue
+        if not isinstance(rows, list):
+            continue
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                problems.append(f"results.json: {path}[{i}] should be an object; found {type(row).__name__}")
+                break
+            missing = [f for f in fields if f not in row]
+            if missing:
+                problems.append(f"results.json: {path}[{i}] lacks fields {missing}")
+                break  # one message per table is enough
+    for i, row in enumerate(_rows_or_empty(results, "statistics.acceptance")):
+        if isinstance(row, Mapping) and row.get("status") not in ACCEPTANCE_STATUSES:
+            problems.append(f"results.json: statistics.acceptance[{i}].status must be one of {list(ACCEPTANCE_STATUSES)}; found {row.get('status')!r}")
+    for i, row in enumerate(_rows_or_empty(results, "statistics.group_estimates")):
+        value = row.get("mean") if isinstance(row, Mapping) else None
+        if value is not None and not isinstance(value, _NUMBER) and value not in ("inf", "-inf"):
+            problems.append(f"results.json: statistics.group_estimates[{i}].mean must be a number, null, 'inf' or '-inf'; found {value!r}")
+            break
     return problems
+
+
+def _rows_or_empty(results: Mapping[str, Any], path: str) -> list[Any]:
+    try:
+        rows = _get(results, path)
+    except KeyError:
+        return []
+    return rows if isinstance(rows, list) else []
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())

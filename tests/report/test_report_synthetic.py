@@ -1,0 +1,163 @@
+"""report.html from a synthetic run folder (tests/report/report_builders.py): numbers, keys, escaping,
+self-containment, sections, gallery, schema, tables, a headless browser and the 1,000-case size bound."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from report_builders import synthetic_run
+from report_html_helpers import ReportParser, expected_text, find_row
+
+from audit.report import render_report, validate_results, write_tables
+
+EVIL = "<script>alert(1)</script>"
+SECTIONS = ("summary", "cohort", "overall", "subgroups", "gaps", "adjusted", "equivalence", "gallery", "quality", "methods", "provenance", "limitations")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    run = synthetic_run(tmp_path_factory.mktemp("synthetic") / "run")
+    render_report(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def parsed(run):
+    parser = ReportParser()
+    parser.feed((run / "report.html").read_text(encoding="utf-8"))
+    return json.loads((run / "results.json").read_text()), parser
+
+
+def test_every_number_shown_equals_its_results_json_row(parsed):
+    results, parser = parsed
+    assert len(parser.spans) > 1000
+    kinds = set()
+    for attrs, text in parser.spans:
+        row = find_row(results, attrs)
+        kinds.add(attrs["data-kind"])
+        assert text == expected_text(row[attrs["data-field"]], attrs["data-kind"]), attrs
+    assert {"count", "percent", "dice", "hd95", "nsd_2mm", "p", "effect", "failure_rate"} <= kinds
+    shown = {t for _, t in parser.spans}
+    assert {"∞", "–", "<0.001"} <= shown  # the planted edge values reach the page
+
+
+def test_every_estimate_gap_and_criterion_is_shown(parsed):
+    results, parser = parsed
+    shown = {(a["data-src"], int(a["data-row"]), a["data-field"]) for a, _ in parser.spans}
+    for source, field in (("statistics.group_estimates", "mean"), ("statistics.overall", "ci_low"), ("statistics.gaps", "p_holm"), ("statistics.gaps", "p_fdr_bh"),
+                          ("statistics.equivalence", "p_tost"), ("statistics.adjusted", "estimate"), ("statistics.acceptance", "value"),
+                          ("cohort.table1", "n_cases"), ("harmonization.metadata_completeness", "unknown")):  # fmt: skip
+        node = results
+        for key in source.split("."):
+            node = node[key]
+        missing = [i for i in range(len(node)) if (source, i, field) not in shown]
+        assert missing == [], (source, field, missing[:5])
+
+
+def test_sections_and_acceptance_outcomes(run, parsed):
+    _, parser = parsed
+    assert set(SECTIONS) <= set(parser.ids)
+    html = (run / "report.html").read_text()
+    statuses = re.findall(r'<span class="status (\w+)" data-criterion="([^"]+)">', html)
+    assert {c: s for s, c in statuses} == {"overall-dice": "fail", "site-hd95": "inconclusive"}
+    assert html.index('data-criterion="overall-dice"') < html.index('data-criterion="site-hd95"')  # failures first
+    words = re.findall(r'<span class="status (\w+)"[^>]*>(\w+)</span>', html)
+    assert words and all(word == status.upper() for status, word in words)  # readable without colour: the word is printed
+
+
+def test_gallery_shows_the_worst_cases_per_site(run, parsed):
+    _, parser = parsed
+    metrics = pd.read_csv(run / "metrics.csv")
+    manifest = pd.read_csv(run / "manifest.csv")
+    dice = metrics[(metrics.metric == "dice") & metrics.status.isin(["ok", "missed", "false_positive"])]
+    per_case = dice.groupby("case_id")["value"].mean().rename("mean").reset_index().merge(manifest[["case_id", "site"]])
+    expected = set(per_case.sort_values("mean").groupby("site").head(2)["case_id"])  # worst_cases_per_group = 2
+    shown = {a["data-case-id"]: t for a, t in parser.case_values}
+    assert set(shown) == expected
+    for case_id, text in shown.items():
+        assert text == f"{per_case.set_index('case_id').loc[case_id, 'mean']:.3f}"
+    assert len(re.findall(r'<img alt="case ', (run / "report.html").read_text())) == len(expected)
+
+
+def test_report_is_self_contained(run, parsed):
+    _, parser = parsed
+    html = (run / "report.html").read_text()
+    assert [link for link in parser.links if not link.startswith(("data:", "#"))] == []
+    assert not re.search(r"(?i)(src|href)\s*=\s*['\"]?\s*(https?:)?//", html)
+    assert not re.search(r"(?i)@import|url\(\s*['\"]?\s*(https?:)?//|<script|<link\b|<iframe|<object", html)
+
+
+def test_site_supplied_strings_are_escaped(run, tmp_path):
+    evil_run = tmp_path / "evil"
+    shutil.copytree(run, evil_run)
+    for name in ("manifest.csv", "failures.csv"):
+        table = pd.read_csv(evil_run / name)
+        table["site"] = table["site"].replace({"site-A": EVIL})
+        table.to_csv(evil_run / name, index=False)
+    text = (evil_run / "results.json").read_text().replace('"site-A', json.dumps(EVIL)[:-1])  # every site-A string
+    results = json.loads(text)
+    results["harmonization"]["warnings"][0]["warning"] = EVIL
+    results["failures"][0]["error"] = EVIL
+    (evil_run / "results.json").write_text(json.dumps(results))
+    html = render_report(evil_run).read_text()
+    assert EVIL not in html and "<script" not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") > 10
+    parser = ReportParser()
+    parser.feed(html)
+    assert any(a.get("data-group") == EVIL for a, _ in parser.spans)  # attributes escaped too, and parse back
+
+
+def test_results_schema_check_names_the_problems(parsed):
+    results, _ = parsed
+    assert validate_results(results) == []
+    broken = copy.deepcopy(results)
+    del broken["statistics"]["gaps"][0]["p_holm"]
+    broken["statistics"]["acceptance"][0]["status"] = "maybe"
+    broken["protocol_sha256"] = "xyz"
+    broken["schema_version"] = "2.0"
+    del broken["run"]
+    problems = validate_results(broken)
+    assert any("statistics.gaps[0] lacks fields ['p_holm']" in p for p in problems)
+    assert any("acceptance[0].status" in p and "'maybe'" in p for p in problems)
+    assert any("protocol_sha256 is not a sha256" in p for p in problems)
+    assert any("schema_version '2.0'" in p for p in problems)
+    assert "results.json: missing run" in problems
+
+
+def test_write_tables_round_trips_csv_and_parquet(tmp_path):
+    table = pd.DataFrame({"axis": ["site", "site"], "group": ["A", None], "mean": [0.5, float("inf")], "n": [3, 4], "flag": [True, False]})
+    written = write_tables(tmp_path, {"group_estimates": table})
+    assert {p.name for p in written} == {"group_estimates.csv", "group_estimates.parquet"}
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "tables" / "group_estimates.csv"), table, check_dtype=False)
+    back = pd.read_parquet(tmp_path / "tables" / "group_estimates.parquet")
+    assert back["mean"].tolist() == [0.5, float("inf")] and back["group"].isna().tolist() == [False, True]
+
+
+def test_headless_chromium_screenshot(run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian package 'chromium'); the browser check needs it")
+    shot = tmp_path / "report.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,4000",
+           (run / "report.html").as_uri()]  # fmt: skip
+    done = subprocess.run(cmd, check=False, capture_output=True, timeout=60)
+    assert shot.is_file(), done.stderr.decode(errors="replace")[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 1280 and len(data) > 100_000
+
+
+def test_report_for_1000_cases_stays_under_10_mb_with_bounded_figures(tmp_path):
+    run = synthetic_run(tmp_path / "big", n_cases=1000, images=3)
+    html = render_report(run).read_text()
+    size = len(html.encode("utf-8"))
+    images = len(re.findall(r"<img ", html))
+    assert size < 10 * 1024 * 1024, size
+    assert images <= 6 + 2 + 1 + 3 * 2  # forest per axis + 2 distributions + 1 heatmap + sites x worst_cases_per_group
