@@ -3,7 +3,9 @@
 ``value ~ vendor + field_strength + age_years + sex + race`` with a random intercept per site and, where
 patients have repeated exams, a patient variance component nested in site (statsmodels MixedLM, REML).
 Categorical factors use the largest level as reference; ``Unknown`` is kept as a level of its own. For
-bounded metrics (Dice, IoU, NSD) a second fit on the logit scale is reported. With fewer than three sites
+bounded metrics (Dice, IoU, NSD) a second fit on the logit scale is reported, for other (skewed) metrics a
+rank-based fit on rank-inverse-normal scores. Confounding with site (a factor, or some of its levels, occurring
+at a single site) is named in a warning. With fewer than three sites
 the random site intercept cannot be estimated: OLS with patient-clustered standard errors is used instead,
 and said so. Every statsmodels warning is captured into the result's warnings, never raised.
 """
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 import patsy
 import statsmodels.formula.api as smf
+from scipy import stats
 
 from audit.protocol import AdjustedModelSettings
 from audit.records import EVALUABLE_STATUSES
@@ -33,10 +36,14 @@ _EPS = 1e-3
 
 
 def confounding_warnings(df: pd.DataFrame, factors: Sequence[str], groups: str) -> list[str]:
-    """Warn when a categorical factor is nested in the grouping (every group has one level of it)."""
+    """Warn when a categorical factor is confounded with the grouping (site).
+
+    Fully nested: every group has a single level of the factor. Partly nested: some levels occur in a
+    single group only, so their effect is not separable from that group's random intercept.
+    """
     out = []
     for f in factors:
-        if f in NUMERIC_FACTORS or df[f].nunique() < 2:
+        if f in NUMERIC_FACTORS or f not in df or df[f].nunique() < 2:
             continue
         levels_per_group = df.groupby(groups)[f].nunique()
         if (levels_per_group <= 1).all():
@@ -44,7 +51,19 @@ def confounding_warnings(df: pd.DataFrame, factors: Sequence[str], groups: str) 
                 f"{f} is nested in {groups}: every {groups} has a single {f}, so its adjusted effect is not separable from "
                 f"the {groups} effect (estimated only from between-{groups} differences, under the random-intercept assumption)"
             )
+            continue
+        groups_per_level = df.groupby(f)[groups].agg(["nunique", "first"])
+        lonely = groups_per_level[groups_per_level["nunique"] == 1]
+        if len(lonely):
+            where = ", ".join(f"{lvl} (only at {g})" for lvl, g in lonely["first"].items())
+            out.append(f"{f} is nested in {groups} for level(s) {where}: those effects are confounded with their {groups}")
     return out
+
+
+def _rank_normal(y: pd.Series) -> np.ndarray:
+    """Rank-based inverse normal scores (Blom): ``Phi^-1((rank - 3/8) / (n + 1/4))``, ties averaged."""
+    ranks = stats.rankdata(y.to_numpy(dtype=float))
+    return stats.norm.ppf((ranks - 0.375) / (ranks.size + 0.25))
 
 
 def _term_label(term: str, references: Mapping[str, str]) -> str:
@@ -98,12 +117,13 @@ def _fit(df: pd.DataFrame, formula: str, groups: str, level: float, notes: list[
             result = smf.ols(formula, df).fit(cov_type="cluster", cov_kwds={"groups": codes})
             kind = "ols_cluster"
             names = list(result.params.index)
+        ci = result.conf_int(alpha=1.0 - level)  # standard errors are computed lazily: inside the capture
+        table = pd.DataFrame(
+            {"term": names, "estimate": result.params[names].to_numpy(), "ci_low": ci.loc[names, 0].to_numpy(),
+             "ci_high": ci.loc[names, 1].to_numpy(), "p_value": result.pvalues[names].to_numpy()}
+        )  # fmt: skip
     for w in caught:
         notes.append(f"{kind}: {type(w.message).__name__ if isinstance(w.message, Warning) else 'warning'}: {w.message}")
-    ci = result.conf_int(alpha=1.0 - level)
-    table = pd.DataFrame(
-        {"term": names, "estimate": result.params[names].to_numpy(), "ci_low": ci.loc[names, 0].to_numpy(), "ci_high": ci.loc[names, 1].to_numpy(), "p_value": result.pvalues[names].to_numpy()}
-    )
     return kind, table, int(n_groups)
 
 
@@ -151,6 +171,8 @@ def adjusted_effects(
         if bounded.get(settings.metric, False):
             clipped = df["value"].astype(float).clip(_EPS, 1 - _EPS)
             scales.append(("_logit", np.log(clipped / (1 - clipped))))
+        else:  # skewed (distances, volume errors): a rank-based variant robust to the tail
+            scales.append(("_rank", pd.Series(_rank_normal(df["value"]), index=df.index)))
         for suffix, y in scales:
             data = df.assign(_y=y.to_numpy())
             kind, table, n_groups = _fit(data, f"_y ~ {rhs}", settings.groups, level, fit_notes)

@@ -64,7 +64,7 @@ def analyze(
     acceptance: Sequence[AcceptanceCriterion] = (),
     higher_is_better: Mapping[str, bool],
     bounded: Mapping[str, bool] | None = None,
-    signed: Sequence[str] = (),
+    signed: Sequence[str] | None = None,
 ) -> StatsResults:
     """Estimate, compare and judge every subgroup of the analysis table.
 
@@ -79,20 +79,30 @@ def analyze(
     higher_is_better : mapping
         Direction of each metric (from :data:`audit.metrics.METRICS`).
     bounded : mapping, optional
-        Metrics bounded in [0, 1] (get a logit-scale adjusted model). Defaults to Dice/IoU/NSD by name.
-    signed : sequence of str
-        Metrics whose ideal is 0 with both signs meaningful (no worst-versus-best ranking by mean).
+        Metrics bounded in [0, 1] (get a logit-scale adjusted model). Defaults to the metric registry
+        (:func:`audit.metrics.registry.metric_spec`); unknown names are not bounded.
+    signed : sequence of str, optional
+        Metrics whose ideal is 0 with both signs meaningful (``rel_volume_error``): failures are
+        ``|value| > threshold`` and worst/best groups are ranked by ``|mean|``. Defaults to the registry.
+
+    Returns
+    -------
+    StatsResults
+        Tidy tables (columns in docs/statistics.md); nothing here raises a Python warning: notes go to
+        ``StatsResults.warnings``.
     """
     missing = sorted(set(metrics) - set(higher_is_better))
     if missing:
         raise ValueError(f"higher_is_better: no direction given for metrics {missing}")
-    bounded = dict(bounded) if bounded is not None else {m: m in ("dice", "iou") or m.startswith("nsd_") for m in metrics}
+    specs = _registry_flags(metrics)
+    bounded = dict(bounded) if bounded is not None else {m: specs[m][0] for m in metrics}
+    signed = tuple(signed) if signed is not None else tuple(m for m in metrics if specs[m][1])
     level, n_boot, method = statistics.confidence_level, statistics.bootstrap_iterations, statistics.bootstrap_method
     prepared = prepare(table, structures=structures, metrics=metrics)
     seeds = np.random.SeedSequence(statistics.seed).spawn(1 + len(_axes(subgroups)))
     common = dict(
         level=level, method=method, n_resamples=n_boot, min_group_size=statistics.min_group_size,
-        failure_thresholds=statistics.failure_thresholds, higher_is_better=higher_is_better,
+        failure_thresholds=statistics.failure_thresholds, higher_is_better=higher_is_better, signed=signed,
     )  # fmt: skip
     everyone = np.ones(len(prepared.cases), dtype=bool)
     overall = group_result(prepared, everyone, axis="overall", group="all", rng=np.random.default_rng(seeds[0]), strata=prepared.cases["site"], **common)
@@ -100,9 +110,13 @@ def analyze(
     gap_rows: list[dict] = []
     equivalence_rows: list[dict] = []
     power_rows: list[dict] = []
+    notes: list[str] = []
     for (name, columns), seed in zip(_axes(subgroups), seeds[1:]):
         rng = np.random.default_rng(seed)
         labels = axis_labels(prepared.cases, columns).to_numpy()
+        requested = subgroups.reference_groups.get(name)
+        if requested is not None and requested not in set(labels):
+            notes.append(f"subgroups.reference_groups.{name}: group {requested!r} is not in the data; the largest known group is the reference")
         results: list[GroupResult] = [
             group_result(prepared, labels == g, axis=name, group=str(g), rng=rng, **common) for g in sorted(set(labels))
         ]
@@ -110,12 +124,12 @@ def analyze(
         gaps, equiv, power = axis_gaps(
             name, results, prepared.columns, reference=subgroups.reference_groups.get(name), level=level, alpha=statistics.alpha,
             min_group_size=statistics.min_group_size, margins=statistics.equivalence_margins, higher_is_better=higher_is_better,
+            signed=signed,
         )  # fmt: skip
         gap_rows += gaps
         equivalence_rows += equiv
         power_rows += power
     gaps_table = pd.DataFrame(gap_rows, columns=[c for c in GAP_COLUMNS if c not in ("p_holm", "p_fdr_bh", "p_adjusted", "significant")])
-    gaps_table = gaps_table[~((gaps_table["comparison"] == "worst_vs_best") & gaps_table["metric"].isin(signed))]
     gaps_table = adjust_pvalues(gaps_table, statistics.multiplicity, statistics.alpha)
     power_table = pd.DataFrame(power_rows, columns=list(POWER_COLUMNS))
     estimates = pd.concat(estimate_tables, ignore_index=True) if estimate_tables else pd.DataFrame(columns=list(ESTIMATE_COLUMNS))
@@ -131,7 +145,7 @@ def analyze(
     acceptance_table = evaluate_acceptance(
         acceptance, overall=overall_table, group_estimates=estimates, gaps=gaps_table, structures=structures, min_group_size=statistics.min_group_size
     )
-    warnings = _warnings(prepared, estimates, statistics.min_group_size) + adjusted_notes
+    warnings = notes + _warnings(prepared, estimates, statistics.min_group_size) + adjusted_notes
     settings = {
         "unit": "patient (cluster bootstrap; repeated exams of a patient resampled together)",
         "confidence_level": level,
@@ -157,6 +171,20 @@ def analyze(
         warnings=tuple(warnings),
         settings=settings,
     )
+
+
+def _registry_flags(metrics: Sequence[str]) -> dict[str, tuple[bool, bool]]:
+    """(bounded, signed) of each metric from the metric registry; (False, False) for names it does not know."""
+    from audit.metrics.registry import metric_spec
+
+    out = {}
+    for m in metrics:
+        try:
+            spec = metric_spec(m)
+            out[m] = (bool(spec.bounded), bool(spec.signed))
+        except ValueError:
+            out[m] = (False, False)
+    return out
 
 
 def _warnings(prepared, estimates: pd.DataFrame, min_group_size: int) -> list[str]:

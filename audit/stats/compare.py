@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -30,7 +31,10 @@ COMPARE_COLUMNS = (
 )  # fmt: skip
 
 
-def _evaluable(table: pd.DataFrame) -> pd.DataFrame:
+def _evaluable(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    missing = sorted({"case_id", "patient_id", "structure", "metric", "value", "status"} - set(table.columns))
+    if missing:
+        raise ValueError(f"tables[{name!r}]: missing columns {missing}; an analysis table (metrics joined with the manifest) is needed")
     keep = table["status"].isin(EVALUABLE) & np.isfinite(table["value"].astype(float))
     return table.loc[keep, ["case_id", "patient_id", "structure", "metric", "value"]]
 
@@ -46,8 +50,8 @@ def paired_differences(
     names: tuple[str, str],
 ) -> pd.DataFrame:
     """Paired comparison rows of ``other`` against ``baseline`` (both analysis tables with ``patient_id``)."""
-    a = _evaluable(baseline)
-    b = _evaluable(other).drop(columns="patient_id")
+    a = _evaluable(baseline, names[0])
+    b = _evaluable(other, names[1]).drop(columns="patient_id")
     both = a.merge(b, on=["case_id", "structure", "metric"], suffixes=("_a", "_b"))
     rng = np.random.default_rng(statistics.seed)
     rows = []
@@ -68,7 +72,10 @@ def paired_differences(
             if np.all(patient_diff == 0) or patient_diff.size < 2:
                 stat, p = (math.nan, 1.0 if np.all(patient_diff == 0) else math.nan)
             else:
-                res = stats.wilcoxon(patient_diff)
+                with warnings.catch_warnings():
+                    # scipy notes when zero differences force the normal approximation: expected with tied scores
+                    warnings.simplefilter("ignore", UserWarning)
+                    res = stats.wilcoxon(patient_diff)
                 stat, p = float(res.statistic), float(res.pvalue)
             row.update(
                 n_patients=len(uniques), mean_baseline=float(sub["value_a"].mean()), mean_other=float(sub["value_b"].mean()),

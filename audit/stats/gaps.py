@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -64,8 +65,13 @@ def axis_gaps(
     min_group_size: int,
     margins: Mapping[str, float],
     higher_is_better: Mapping[str, bool],
+    signed: Sequence[str] = (),
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Gap, equivalence and power rows of one axis (p-values not yet adjusted)."""
+    """Gap, equivalence and power rows of one axis (p-values not yet adjusted).
+
+    For a ``signed`` metric (ideal 0, e.g. the relative volume error) worst and best are ranked by the
+    absolute group mean, and the worst-versus-best difference is ``|mean_worst| - |mean_best|``.
+    """
     gaps: list[dict] = []
     equivalence: list[dict] = []
     power: list[dict] = []
@@ -112,23 +118,37 @@ def axis_gaps(
         # worst versus best among known groups large enough to test
         eligible = [g for g in groups if g.group != UNKNOWN and g.n_patients[k] >= min_group_size]
         if len(eligible) >= 2:
-            means = np.array([g.estimate[k] for g in eligible])
-            boot = np.column_stack([g.boot[:, k] for g in eligible])
-            higher = higher_is_better.get(metric, True)
-            worst, best = (eligible[int(np.argmin(means))], eligible[int(np.argmax(means))]) if higher else (eligible[int(np.argmax(means))], eligible[int(np.argmin(means))])
-            with np.errstate(invalid="ignore"):
-                range_boot = (np.nanmax(boot, axis=1) - np.nanmin(boot, axis=1))[:, None]
-            rlo, rhi = percentile_interval(range_boot, level)
-            sign = -1.0 if higher else 1.0  # difference = worst - best (negative when higher is better)
-            lo_signed, hi_signed = sorted((sign * float(rlo[0]), sign * float(rhi[0])))
-            name, stat, p = omnibus_test([g.patient_means[:, k] for g in eligible], test)
-            gaps.append(
-                dict(axis=axis, comparison="worst_vs_best", group=worst.group, reference=best.group, structure=structure, metric=metric,
-                     difference=float(worst.estimate[k] - best.estimate[k]), diff_ci_low=lo_signed, diff_ci_high=hi_signed,
-                     ratio=float(worst.estimate[k] / best.estimate[k]) if best.estimate[k] else math.nan, ratio_ci_low=math.nan,
-                     ratio_ci_high=math.nan, test=name, statistic=stat, p_value=p, descriptive_only=False)
-            )  # fmt: skip
+            gaps.append(_worst_vs_best(axis, eligible, k, structure, metric, test, level=level,
+                                       higher=higher_is_better.get(metric, True), signed=metric in signed))  # fmt: skip
     return gaps, equivalence, power
+
+
+def _worst_vs_best(axis: str, eligible: Sequence[GroupResult], k: int, structure: str, metric: str, test: str, *,
+                   level: float, higher: bool, signed: bool) -> dict:
+    """The worst-versus-best row: the range of group means with the bootstrap distribution of the range.
+
+    Worst and best are re-chosen in every resample, so the interval accounts for choosing them from the
+    data. ``difference`` is worst - best (negative when higher is better); ``ratio`` is worst / best.
+    """
+    means = np.array([g.estimate[k] for g in eligible])
+    boot = np.column_stack([g.boot[:, k] for g in eligible])
+    if signed:
+        means, boot = np.abs(means), np.abs(boot)
+        higher = False  # a larger |signed error| is worse
+    worst, best = (int(np.argmin(means)), int(np.argmax(means))) if higher else (int(np.argmax(means)), int(np.argmin(means)))
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resample rows give NaN, ignored by the quantiles
+        hi_b, lo_b = np.nanmax(boot, axis=1), np.nanmin(boot, axis=1)
+        worst_b, best_b = (lo_b, hi_b) if higher else (hi_b, lo_b)
+        diff_b = (worst_b - best_b)[:, None]
+        ratio_b = np.where(best_b != 0, worst_b / np.where(best_b != 0, best_b, 1.0), np.nan)[:, None]
+    dlo, dhi = percentile_interval(diff_b, level)
+    rlo, rhi = percentile_interval(ratio_b, level)
+    name, stat, p = omnibus_test([g.patient_means[:, k] for g in eligible], test)
+    return dict(axis=axis, comparison="worst_vs_best", group=eligible[worst].group, reference=eligible[best].group, structure=structure,
+                metric=metric, difference=float(means[worst] - means[best]), diff_ci_low=float(dlo[0]), diff_ci_high=float(dhi[0]),
+                ratio=float(means[worst] / means[best]) if means[best] else math.nan, ratio_ci_low=float(rlo[0]), ratio_ci_high=float(rhi[0]),
+                test=name, statistic=stat, p_value=p, descriptive_only=False)  # fmt: skip
 
 
 def holm(p: np.ndarray) -> np.ndarray:

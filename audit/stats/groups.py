@@ -22,7 +22,7 @@ from audit.stats.intervals import wilson_interval
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_age_band", "age_band_labels", "Prepared", "prepare", "GroupResult", "group_result", "axis_labels", "ESTIMATE_COLUMNS"]
+__all__ = ["add_age_band", "age_band_labels", "Prepared", "prepare", "GroupResult", "group_result", "failure_count", "axis_labels", "ESTIMATE_COLUMNS"]
 
 EVALUABLE = EVALUABLE_STATUSES
 INTERSECTION_SEP = " x "
@@ -44,17 +44,36 @@ def age_band_labels(edges: Sequence[float]) -> list[str]:
 
 
 def add_age_band(df: pd.DataFrame, edges: Sequence[float], *, column: str = "age_years") -> pd.DataFrame:
-    """Return ``df`` with an ``age_band`` column: bands left-closed ``[lo, hi)``, missing age ``Unknown``.
+    """Return a copy of ``df`` with an ``age_band`` column; bands are left-closed ``[lo, hi)``.
 
-    Ages below the first edge are ``<first``; ages at or above the last edge fall in the last band.
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Any table with an age column (a missing column means every age is unknown).
+    edges : sequence of float
+        At least two strictly increasing edges in years, e.g. ``[18, 40, 60, 75, 120]`` giving
+        ``18-39``, ``40-59``, ``60-74`` and ``75+`` (the last band is open-ended in its label).
+    column : str
+        The age column (years).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``df`` plus ``age_band``; a missing, non-numeric or out-of-range age (below the first edge or at/above
+        the last one) is ``Unknown``, so the row stays in the table and is counted in its own group.
     """
     edges = [float(e) for e in edges]
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"edges: need at least two strictly increasing age edges; received {list(edges)}")
     age = pd.to_numeric(df[column], errors="coerce") if column in df else pd.Series(np.nan, index=df.index)
-    labels = age_band_labels(edges)
-    idx = np.searchsorted(np.asarray(edges), age.to_numpy(dtype=float), side="right") - 1
-    idx = np.clip(idx, -1, len(labels) - 1)
-    band = np.where(idx >= 0, np.asarray(labels, dtype=object)[np.clip(idx, 0, None)], f"<{edges[0]:g}")
-    band = np.where(age.isna().to_numpy(), UNKNOWN, band)
+    ages = age.to_numpy(dtype=float)
+    labels = np.asarray(age_band_labels(edges), dtype=object)
+    idx = np.searchsorted(np.asarray(edges), ages, side="right") - 1
+    in_range = np.isfinite(ages) & (idx >= 0) & (idx < len(labels))
+    band = np.where(in_range, labels[np.clip(idx, 0, len(labels) - 1)], UNKNOWN)
+    out_of_range = int((np.isfinite(ages) & ~in_range).sum())
+    if out_of_range:
+        logger.info("age_band: %d age(s) outside [%g, %g) set to %s", out_of_range, edges[0], edges[-1], UNKNOWN)
     out = df.copy()
     out["age_band"] = pd.Series(band, index=df.index, dtype=object)
     return out
@@ -70,6 +89,7 @@ class Prepared:
     failed: np.ndarray  # n x K bool
     both_empty: np.ndarray  # n x K bool
     nonfinite: np.ndarray  # n x K bool (evaluable status but inf value)
+    evaluable: np.ndarray  # n x K raw values of evaluable rows, inf kept (for failure rates); NaN elsewhere
 
 
 def prepare(table: pd.DataFrame, *, structures: Sequence[str], metrics: Sequence[str]) -> Prepared:
@@ -97,6 +117,7 @@ def prepare(table: pd.DataFrame, *, structures: Sequence[str], metrics: Sequence
         failed=(st == "failed") | pd.isna(st),
         both_empty=st == "both_empty",
         nonfinite=evaluable_status & ~finite & ~np.isnan(v),
+        evaluable=np.where(evaluable_status, v, np.nan),
     )
 
 
@@ -111,6 +132,15 @@ def axis_labels(cases: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
     for p in parts[1:]:
         out = out + INTERSECTION_SEP + p
     return out
+
+
+def failure_count(values: np.ndarray, threshold: float, *, higher: bool, signed: bool = False) -> int:
+    """Number of values beyond ``threshold``: below it when higher is better, above it otherwise, and
+    ``|value| > threshold`` for a signed metric whose ideal is 0."""
+    values = np.asarray(values, dtype=float)
+    if signed:
+        return int(np.sum(np.abs(values) > threshold))
+    return int(np.sum(values < threshold) if higher else np.sum(values > threshold))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +171,13 @@ def group_result(
     failure_thresholds: Mapping[str, float],
     higher_is_better: Mapping[str, bool],
     strata: pd.Series | None = None,
+    signed: Sequence[str] = (),
 ) -> GroupResult:
-    """Estimates, intervals and bootstrap draws for the cases selected by ``mask``."""
+    """Estimates, intervals and bootstrap draws for the cases selected by ``mask``.
+
+    The failure rate counts every evaluable case, infinite values included (an infinite error is beyond
+    any threshold); for a ``signed`` metric (ideal 0) a failure is ``|value| > threshold``.
+    """
     values = prepared.values[mask]
     patients = prepared.cases["patient_id"].to_numpy()[mask]
     codes, uniques = pd.factorize(patients)
@@ -173,11 +208,12 @@ def group_result(
     for k, (structure, metric) in enumerate(prepared.columns):
         col = values[:, k][has[:, k]]
         fr, flo, fhi = (math.nan, math.nan, math.nan)
-        if metric in failure_thresholds and col.size:
-            thr = failure_thresholds[metric]
-            fails = int(np.sum(col < thr) if higher_is_better.get(metric, True) else np.sum(col > thr))
-            fr = fails / col.size
-            flo, fhi = wilson_interval(fails, col.size, level)
+        judged = prepared.evaluable[mask, k]
+        judged = judged[~np.isnan(judged)]
+        if metric in failure_thresholds and judged.size:
+            fails = failure_count(judged, float(failure_thresholds[metric]), higher=higher_is_better.get(metric, True), signed=metric in signed)
+            fr = fails / judged.size
+            flo, fhi = wilson_interval(fails, judged.size, level)
         rows.append(
             {
                 "axis": axis,

@@ -127,9 +127,13 @@ def test_intersections_and_age_bands():
 
 
 def test_add_age_band_edges_and_missing():
-    df = pd.DataFrame({"age_years": [17.0, 18.0, 39.9, 40.0, 74.0, 75.0, np.nan, 99.0]})
-    bands = add_age_band(df, (18, 40, 60, 75, 120))["age_band"].tolist()
-    assert bands == ["<18", "18-39", "18-39", "40-59", "60-74", "75+", "Unknown", "75+"]
+    """Left-closed bands; missing, non-numeric and out-of-range ages (< 18 or >= 120) are Unknown, never dropped."""
+    df = pd.DataFrame({"age_years": [17.0, 18.0, 39.9, 40.0, 74.0, 75.0, np.nan, 99.0, 120.0, "n/a"]})
+    out = add_age_band(df, (18, 40, 60, 75, 120))
+    assert out["age_band"].tolist() == ["Unknown", "18-39", "18-39", "40-59", "60-74", "75+", "Unknown", "75+", "Unknown", "Unknown"]
+    assert "age_band" not in df.columns  # the input is not modified
+    with pytest.raises(ValueError, match="strictly increasing"):
+        add_age_band(df, (40, 18))
 
 
 def test_adjusted_model_recovers_planted_vendor_effect_and_warns_on_nesting():
