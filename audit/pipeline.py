@@ -104,7 +104,10 @@ def _failed_manifest_rows(failures: Sequence[CaseFailure], manifest: pd.DataFram
     known = set(manifest["case_id"])
     rows = []
     for f in failures:
-        case_id = f.case_id if f.case_id not in known else f"{f.case_id}#{f.stage}"
+        case_id, n = f.case_id, 1
+        while case_id in known:  # duplicate ids fail at every occurrence: keep each one, numbered
+            n += 1
+            case_id = f"{f.case_id}#{n}"
         known.add(case_id)
         row = {c: "Unknown" for c in MANIFEST_COLUMNS}
         row.update(case_id=case_id, site=f.site, patient_id=f"unknown:{case_id}", image_path="", label_path="", prediction_path=None)

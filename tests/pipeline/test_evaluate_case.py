@@ -101,3 +101,16 @@ def test_structure_values_at_both_granularities():
 
 def test_metric_names_expand_nsd_tolerances():
     assert metric_names(["dice", "hd95"], [1.0, 2.5]) == ("dice", "hd95", "nsd_1mm", "nsd_2.5mm")
+
+
+def test_failed_cases_without_manifest_rows_get_unique_placeholder_rows():
+    import pandas as pd
+
+    from audit.pipeline import _failed_manifest_rows
+    from audit.records import CaseFailure
+
+    manifest = pd.DataFrame({"case_id": ["S/ok"]})
+    dups = [CaseFailure(case_id="S/dup", stage="adapter", error="duplicate case id", site="S") for _ in range(3)]
+    rows = _failed_manifest_rows(dups, manifest)
+    assert rows["case_id"].tolist() == ["S/dup", "S/dup#2", "S/dup#3"]
+    assert (rows["site"] == "S").all() and (rows["vendor"] == "Unknown").all()
