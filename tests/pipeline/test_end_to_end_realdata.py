@@ -66,7 +66,13 @@ def real_run(shared_data, tmp_path_factory):
     (bad / "labels").mkdir()
     shutil.copy(real_site_cases(shared_data)[0]["image"], bad / "images" / "x.nii.gz")
     (bad / "labels" / "x.nii.gz").write_bytes(b"\x1f\x8b\x08\x00\x00\x00truncated")
-    pd.DataFrame([{"case_id": "x", "patient_id": "b1", "manufacturer": "SIEMENS", "field_strength": 3, "age": "050Y", "sex": "F"}]).to_csv(bad / "metadata.csv", index=False)
+    # ... and a metadata row whose image and label files do not exist (an adapter-stage failure)
+    pd.DataFrame(
+        [
+            {"case_id": "x", "patient_id": "b1", "manufacturer": "SIEMENS", "field_strength": 3, "age": "050Y", "sex": "F"},
+            {"case_id": "y", "patient_id": "b2", "manufacturer": "SIEMENS", "field_strength": 3, "age": "051Y", "sex": "M"},
+        ]
+    ).to_csv(bad / "metadata.csv", index=False)
     sites.append({"name": "broken", "format": "nifti_table", "root": str(bad), "label_map": "cspineseg"})
     protocol = {
         "name": "real data audit",
@@ -118,11 +124,14 @@ def test_corrupt_case_is_counted_and_listed_not_dropped(real_run):
     run, _ = real_run
     results = json.loads((run / "results.json").read_text())
     failures = pd.DataFrame(results["failures"])
-    assert "broken/x" in set(failures["case_id"])
-    assert results["data"]["n_failed_cases"] == 1 and results["data"]["n_cases"] == 4
+    assert {"broken/x", "broken/y"} <= set(failures["case_id"])
+    assert results["data"]["n_failed_cases"] == 2 and results["data"]["n_cases"] == 5
     metrics = pd.read_csv(run / "metrics.csv")
-    assert (metrics.loc[metrics["case_id"] == "broken/x", "status"] == "failed").all()
-    assert "broken/x" in (run / "report.html").read_text()
+    for case in ("broken/x", "broken/y"):
+        assert (metrics.loc[metrics["case_id"] == case, "status"] == "failed").all()
+        assert case in (run / "report.html").read_text()
+    broken = pd.DataFrame(results["statistics"]["group_estimates"]).query("axis == 'site' and group == 'broken'")
+    assert (broken["n_failed"] == 2).all()  # counted in the statistics, not dropped
 
 
 def test_real_metadata_strings_are_harmonized(real_run):
