@@ -127,6 +127,18 @@ def _fit(df: pd.DataFrame, formula: str, groups: str, level: float, notes: list[
     return kind, table, int(n_groups)
 
 
+def _merge_notes(notes: Sequence[str]) -> list[str]:
+    """One line per distinct message: "adjusted model (a): m" and "adjusted model (b): m" become "adjusted model (a, b): m"."""
+    merged: dict[str, list[str]] = {}
+    for note in notes:
+        match = re.match(r"adjusted model \((.+?)\): (.*)$", note)
+        structure, message = match.groups() if match else ("", note)
+        where = merged.setdefault(message, [])
+        if structure and structure not in where:
+            where.append(structure)
+    return [f"adjusted model ({', '.join(w)}): {m}" if w else m for m, w in merged.items()]
+
+
 def adjusted_effects(
     analysis: pd.DataFrame,
     *,
@@ -185,4 +197,4 @@ def adjusted_effects(
             rows.append(table)
         notes.extend(f"adjusted model ({structure}): {n}" for n in dict.fromkeys(fit_notes))
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(ADJUSTED_COLUMNS))
-    return out.reindex(columns=list(ADJUSTED_COLUMNS)), list(dict.fromkeys(notes))
+    return out.reindex(columns=list(ADJUSTED_COLUMNS)), _merge_notes(notes)

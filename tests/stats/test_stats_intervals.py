@@ -57,3 +57,10 @@ def test_holm_and_bh_match_statsmodels_multipletests(seed):
     p[:3] = p[3]  # ties
     np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
     np.testing.assert_allclose(benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1], rtol=1e-12)
+
+
+def test_adjusted_model_notes_are_merged_per_message():
+    from audit.stats.adjusted import _merge_notes
+
+    notes = ["adjusted model (a): x", "adjusted model (b): x", "adjusted model: nested", "adjusted model (b): y", "adjusted model (a): x"]
+    assert _merge_notes(notes) == ["adjusted model (a, b): x", "adjusted model: nested", "adjusted model (b): y"]
