@@ -240,6 +240,22 @@ def _words(text: str) -> str:
     return " ".join(w for w in re.split(r"[\s_/,\-]+", text.lower()) if w and w not in ("or", "and"))
 
 
+def _vocabulary_lookup(value: Any, vocabulary: tuple[str, ...], synonyms: dict[str, str], field: str, warnings: list[str] | None) -> str:
+    """Match a free-text value to a vocabulary entry or a synonym (case, separators, "or"/"and" ignored);
+    missing -> Unknown; unmappable -> Unknown with a warning."""
+    text = _text(value)
+    if text is None:
+        return UNKNOWN
+    key = _words(text)
+    for entry in vocabulary:
+        if key == _words(entry):
+            return entry
+    if key in synonyms:
+        return synonyms[key]
+    _warn(warnings, field, value, UNKNOWN)
+    return UNKNOWN
+
+
 def normalize_race(value: Any, *, warnings: list[str] | None = None) -> str:
     """Map a race string to an OMB category of :data:`audit.records.RACES`.
 
@@ -247,17 +263,7 @@ def normalize_race(value: Any, *, warnings: list[str] | None = None) -> str:
     common synonyms (``'Caucasian'``, ``'African American'``) are accepted; ``'Not Reported'`` -> ``'Unknown'``;
     an unmappable string -> ``'Unknown'`` with a warning.
     """
-    text = _text(value)
-    if text is None:
-        return UNKNOWN
-    key = _words(text)
-    for race in RACES:
-        if key == _words(race):
-            return race
-    if key in _RACE_SYNONYMS:
-        return _RACE_SYNONYMS[key]
-    _warn(warnings, "race", value, UNKNOWN)
-    return UNKNOWN
+    return _vocabulary_lookup(value, RACES, _RACE_SYNONYMS, "race", warnings)
 
 
 _ETHNICITY_SYNONYMS = {
@@ -276,17 +282,7 @@ _ETHNICITY_SYNONYMS = {
 
 def normalize_ethnicity(value: Any, *, warnings: list[str] | None = None) -> str:
     """Map an ethnicity string to :data:`audit.records.ETHNICITIES`; unmappable -> ``'Unknown'`` with a warning."""
-    text = _text(value)
-    if text is None:
-        return UNKNOWN
-    key = _words(text)
-    for ethnicity in ETHNICITIES:
-        if key == _words(ethnicity):
-            return ethnicity
-    if key in _ETHNICITY_SYNONYMS:
-        return _ETHNICITY_SYNONYMS[key]
-    _warn(warnings, "ethnicity", value, UNKNOWN)
-    return UNKNOWN
+    return _vocabulary_lookup(value, ETHNICITIES, _ETHNICITY_SYNONYMS, "ethnicity", warnings)
 
 
 def normalize_scanner_model(value: Any) -> str:
