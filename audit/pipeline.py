@@ -266,8 +266,8 @@ def run_audit(
     from audit import stats
 
     progress("stats", 0, 1)
-    analysis = metric_table.merge(manifest, on="case_id", how="left", validate="many_to_one")
-    analysis = stats.add_age_band(analysis, protocol.subgroups.age_bands)
+    manifest_banded = stats.add_age_band(manifest, protocol.subgroups.age_bands)
+    analysis = metric_table.merge(manifest_banded, on="case_id", how="left", validate="many_to_one")
     higher = {m: metric_spec(m).higher_is_better for m in names}
     results = stats.analyze(
         analysis,
@@ -279,7 +279,6 @@ def run_audit(
         higher_is_better=higher,
     )
     progress("stats", 1, 1)
-    manifest_banded = stats.add_age_band(manifest, protocol.subgroups.age_bands)
     table1 = provenance.cohort_table(manifest_banded, ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band"))
     finished = dt.datetime.now(dt.timezone.utc)
     document = results_document(
