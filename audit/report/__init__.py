@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from audit.report.formatting import format_value
 from audit.report.package import VerifyResult, build_package, verify_package
+from audit.report.redact import redact_paths
 from audit.report.render import render_report
 from audit.report.schema import validate_results
 from audit.report.tables import write_tables
@@ -14,6 +15,7 @@ __all__ = [
     "VerifyResult",
     "build_package",
     "format_value",
+    "redact_paths",
     "render_report",
     "validate_results",
     "verify_package",

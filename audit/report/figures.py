@@ -102,7 +102,9 @@ def intersection_heatmap(estimates: pd.DataFrame, *, axis: str, metric: str, str
     parts = sub["group"].str.split(separator, n=1, expand=True)
     sub["row"], sub["col"] = parts[0], parts[1]
     rows, cols = sorted(sub["row"].unique()), sorted(sub["col"].unique())
-    fig, panels = plt.subplots(1, len(structures), figsize=(2.2 + 1.1 * len(cols) * len(structures), 0.45 * len(rows) + 1.4), squeeze=False)
+    fig, panels = plt.subplots(
+        1, len(structures), figsize=(2.2 + 1.1 * len(cols) * len(structures), 0.45 * len(rows) + 1.6), squeeze=False, layout="constrained"
+    )
     finite = sub["mean"][np.isfinite(sub["mean"])]
     vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     image = None
@@ -115,6 +117,8 @@ def intersection_heatmap(estimates: pd.DataFrame, *, axis: str, metric: str, str
             n = counts.iat[r, c]
             if np.isfinite(value):
                 ax.text(c, r, f"{value:.3f}\nn={int(n)}", ha="center", va="center", fontsize=7, color="white" if value < (vmin + vmax) / 2 else "black")
+            else:
+                ax.text(c, r, "no cases", ha="center", va="center", fontsize=6, color="0.4")
         ax.set_xticks(range(len(cols)), cols, fontsize=7, rotation=30)
         ax.set_yticks(range(len(rows)), rows if ax is panels[0][0] else [""] * len(rows), fontsize=7)
         ax.set_title(structure.replace("_", " "), fontsize=9)

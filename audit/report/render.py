@@ -29,6 +29,7 @@ from audit.report.figures import (
 )
 from audit.report.formatting import format_value
 from audit.report.gallery import case_figure, worst_cases
+from audit.report.redact import redact_paths
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ __all__ = ["KEY_FIELDS", "build_context", "render_report"]
 KEY_FIELDS = ("id", "axis", "comparison", "group", "reference", "structure", "metric", "model", "term", "site", "column", "warning", "case_id")
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("audit.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
+_ENV.filters["redact"] = lambda v: redact_paths(v) if isinstance(v, str) else v
 _STATUS_ORDER = {"fail": 0, "inconclusive": 1, "pass": 2}
-
 
 
 class _Numbers:
@@ -97,7 +98,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
     heatmaps = {a: intersection_heatmap(estimates, axis=a, metric=primary, structures=structures) for a in intersections}
     gallery = _gallery(run_dir, cases, protocol, primary, higher, results.get("model", {}).get("labels"))
     logger.info("report figures in %.2f s", time.perf_counter() - t0)
-    criteria = stats.get("criteria", {})
+    criteria = stats.get("criteria") or _criteria_from_rows(stats["acceptance"])
     acceptance = sorted(
         ({"id": cid, "status": status, "rows": _rows(results, "statistics.acceptance", id=cid)} for cid, status in criteria.items()),
         key=lambda c: _STATUS_ORDER.get(c["status"], 3),
@@ -122,11 +123,37 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "failures": results["failures"],
         "harmonization_warnings": results["harmonization"]["warnings"],
         "completeness": results["harmonization"]["metadata_completeness"],
+        "site_quality": _site_quality(results),
         "synthetic_columns": results["data"].get("synthetic_columns", []),
         "fmt": format_value,
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],
         **_limitations(results),
     }
+
+
+def _criteria_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Overall status per criterion id when results.json has no ``statistics.criteria``: the worst row wins."""
+    out: dict[str, str] = {}
+    for row in rows:
+        current = out.get(row["id"])
+        if current is None or _STATUS_ORDER.get(row["status"], 3) < _STATUS_ORDER.get(current, 3):
+            out[row["id"]] = row["status"]
+    return out
+
+
+def _site_quality(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per site: Table 1 row index (cases), failed cases, unmapped-value warnings, unknown metadata cells."""
+    sites = [(i, r) for i, r in enumerate(results["cohort"]["table1"]) if r["axis"] == "site"]
+    out = []
+    for i, row in sites:
+        site = row["group"]
+        failed = {f["case_id"] for f in results["failures"] if f.get("site") == site}
+        warned = sum(int(w.get("n_cases") or 0) for w in results["harmonization"]["warnings"] if w.get("site") == site)
+        cells = [c for c in results["harmonization"]["metadata_completeness"] if c.get("site") == site]
+        known, unknown = sum(int(c["known"] or 0) for c in cells), sum(int(c["unknown"] or 0) for c in cells)
+        complete = 100.0 * known / (known + unknown) if known + unknown else None
+        out.append({"site": site, "table1_row": i, "failed": len(failed), "warned": warned, "unknown": unknown, "complete": complete})
+    return out
 
 
 def _label_map(name: str, values: Mapping[str, str] | None) -> LabelMap | None:

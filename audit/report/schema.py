@@ -39,6 +39,8 @@ REQUIRED: Mapping[str, type | tuple[type, ...]] = {
     "statistics.warnings": list,
     "failures": list,
     "harmonization": dict,
+    "harmonization.warnings": list,
+    "harmonization.metadata_completeness": list,
     "warnings": list,
 }
 
@@ -58,6 +60,8 @@ ROW_FIELDS: Mapping[str, tuple[str, ...]] = {
     "statistics.acceptance": ("id", "description", "metric", "structure", "scope", "group", "estimate", "bound", "operator", "threshold",
                               "value", "status", "reason"),
     "failures": ("case_id", "site", "stage", "error_type", "error"),
+    "harmonization.warnings": ("site", "warning", "n_cases"),
+    "harmonization.metadata_completeness": ("site", "column", "known", "unknown"),
 }  # fmt: skip
 ACCEPTANCE_STATUSES = ("pass", "fail", "inconclusive")
 _NUMBER = (int, float)

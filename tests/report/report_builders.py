@@ -11,6 +11,8 @@ acceptance outcomes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from audit.protocol import load_protocol, protocol_to_dict
+from audit.protocol import load_protocol, protocol_from_dict, protocol_to_dict
 from audit.report import write_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,6 +35,8 @@ AXES = ("site", "vendor", "field_strength", "sex", "age_band")
 INTERSECTION = ("race", "sex")
 MIN_GROUP = 5
 FAILED_CASE_INDEX = 3
+#: An identifying folder planted in the failed case's error messages; the report and the package must not show it.
+LEAKY_DIR = "/data/hospital/DOE_JOHN_1234567"
 
 
 def spine_phantom(shift: int = 0, shape: tuple[int, int, int] = (5, 40, 56)) -> np.ndarray:
@@ -98,7 +102,7 @@ def _metrics(manifest: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
                     "case_id": case.case_id, "structure": structure, "metric": metric,
                     "value": math.nan if status == "failed" else values[metric], "status": status,
                     "reference_volume_ml": 10.0 + s, "predicted_volume_ml": 10.0 + s + rng.normal(0, 0.5),
-                    "error": "ValueError: corrupt image" if status == "failed" else None,
+                    "error": f"ValueError: corrupt image {LEAKY_DIR}/img.nii.gz" if status == "failed" else None,
                 })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -194,11 +198,41 @@ def _json_safe(value):
     return value
 
 
-def synthetic_run(run_dir: Path, *, n_cases: int = 48, sites: Sequence[tuple[str, str, str]] = SITES, images: int = 6, seed: int = 0) -> Path:
+def analyze_statistics(table: pd.DataFrame, protocol: dict, *, iterations: int = 200) -> dict:
+    """The real statistics layer (``audit.stats.analyze``) on the builder's analysis table, as results.json holds it."""
+    from audit.stats import analyze
+
+    proto = protocol_from_dict({k: v for k, v in protocol.items() if k != "base_dir"})
+    settings = dataclasses.replace(proto.statistics, bootstrap_iterations=iterations)
+    results = analyze(table, structures=list(STRUCTURES), metrics=list(METRICS), subgroups=proto.subgroups, statistics=settings,
+                      acceptance=proto.acceptance, higher_is_better=HIGHER)  # fmt: skip
+    return results.to_dict()
+
+
+def manifest_sha256(manifest: pd.DataFrame) -> str:
+    """sha256 of the de-identified manifest's canonical CSV (path columns dropped, columns sorted; docs/report.md)."""
+    deidentified = manifest.drop(columns=["image_path", "label_path", "prediction_path"])
+    text = deidentified.reindex(sorted(deidentified.columns), axis=1).to_csv(index=False, lineterminator="\n")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def synthetic_run(
+    run_dir: Path,
+    *,
+    n_cases: int = 48,
+    sites: Sequence[tuple[str, str, str]] = SITES,
+    images: int = 6,
+    seed: int = 0,
+    statistics: str = "builder",
+) -> Path:
     """Write a complete synthetic run folder (see the module docstring) and return it.
 
     ``images`` distinct NIfTI triplets are written under ``<run>/cohort``; cases reuse them in turn (0: none).
+    ``statistics="analyze"`` fills results.json's statistics with the real ``audit.stats.analyze`` output
+    (200 resamples) instead of the builder's simple tables.
     """
+    if statistics not in ("builder", "analyze"):
+        raise ValueError(f"statistics: allowed values are ['builder', 'analyze']; found {statistics!r}")
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     protocol = protocol_to_dict(load_protocol(REPO / "protocols" / "demo.yaml"))
@@ -214,12 +248,12 @@ def synthetic_run(run_dir: Path, *, n_cases: int = 48, sites: Sequence[tuple[str
     manifest.loc[FAILED_CASE_INDEX, "prediction_path"] = None
     metrics = _metrics(manifest, rng)
     failed = manifest.iloc[FAILED_CASE_INDEX]
-    failures = [{"case_id": failed["case_id"], "site": failed["site"], "stage": "harmonize", "error_type": "ValueError", "error": "corrupt image"}]
+    failures = [{"case_id": failed["case_id"], "site": failed["site"], "stage": "harmonize", "error_type": "ValueError", "error": f"corrupt image {LEAKY_DIR}/img.nii.gz"}]
     manifest.drop(columns=["age_band"]).to_csv(run_dir / "manifest.csv", index=False)
     metrics.to_csv(run_dir / "metrics.csv", index=False)
     pd.DataFrame(failures).to_csv(run_dir / "failures.csv", index=False)
     table = metrics.merge(manifest, on="case_id")
-    stats = _statistics(table)
+    stats = _statistics(table) if statistics == "builder" else analyze_statistics(table, protocol)
     table1 = []
     for axis in ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band"):
         for group, sub in manifest.groupby(axis, sort=True):
@@ -236,7 +270,7 @@ def synthetic_run(run_dir: Path, *, n_cases: int = 48, sites: Sequence[tuple[str
                 "command": "spine-audit run protocols/demo.yaml --out <run>", "host_cpu_count": 2},
         "protocol": protocol, "protocol_sha256": "a" * 64,
         "model": {"name": "demo <model>", "kind": "checkpoint", "sha256": "b" * 64, "labels": {str(i + 1): s for i, s in enumerate(STRUCTURES)}, "device": "cpu"},
-        "data": {"manifest_sha256": "c" * 64, "n_cases": n_cases, "n_patients": int(manifest["patient_id"].nunique()), "n_sites": len(sites),
+        "data": {"manifest_sha256": manifest_sha256(pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False)), "n_cases": n_cases, "n_patients": int(manifest["patient_id"].nunique()), "n_sites": len(sites),
                  "n_failed_cases": 1, "synthetic": True, "synthetic_columns": ["sex", "race", "ethnicity", "age_years"]},
         "cohort": {"table1": table1},
         "metrics": {"names": list(METRICS), "structures": list(STRUCTURES), "empty_policy": {"missed_distance": "diagonal"},

@@ -22,12 +22,13 @@ def expected_text(value, kind: str) -> str:
 
 
 class ReportParser(HTMLParser):
-    """Number spans (attributes, text), gallery values, section ids and every src/href."""
+    """Number spans (attributes, text), gallery values, per-site derived counts, section ids and every src/href."""
 
     def __init__(self) -> None:
         super().__init__()
         self.spans: list[tuple[dict, str]] = []
         self.case_values: list[tuple[dict, str]] = []
+        self.derived: list[tuple[dict, str]] = []
         self.links: list[str] = []
         self.ids: list[str] = []
         self._open: tuple[list, dict] | None = None
@@ -38,8 +39,9 @@ class ReportParser(HTMLParser):
         self.links += [v for k, v in attrs if k in ("src", "href") and v]
         if "id" in a:
             self.ids.append(a["id"])
-        if tag == "span" and a.get("class") in ("num", "casevalue"):
-            self._open, self._text = (self.spans if a["class"] == "num" else self.case_values, a), ""
+        if tag == "span" and a.get("class") in ("num", "casevalue", "derived"):
+            target = {"num": self.spans, "casevalue": self.case_values, "derived": self.derived}[a["class"]]
+            self._open, self._text = (target, a), ""
 
     def handle_data(self, data):
         if self._open is not None:

@@ -1,10 +1,17 @@
-"""Evidence package: contents, checksums, de-identification, tamper detection, CLI."""
+"""Evidence package: contents, checksums, de-identification (path columns, identifying folders), tamper detection
+(checksums and the manifest sha256 recorded in results.json), CLI."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import zipfile
+from pathlib import Path
 
 import pandas as pd
+import pytest
+from report_builders import LEAKY_DIR, synthetic_run
 from typer.testing import CliRunner
 
 from audit.cli import app
@@ -50,3 +57,58 @@ def test_cli_package_verify_and_report(demo_run, tmp_path):
     out.write_bytes(b"corrupt")
     assert runner.invoke(app, ["verify", str(out)]).exit_code == 1
     assert runner.invoke(app, ["report", str(demo_run[0])]).exit_code == 0
+
+
+def _rezip(src: Path, dst: Path, edit) -> None:
+    """Copy a package, passing each member through ``edit(name, data) -> data``, and rewrite SHA256SUMS to match."""
+    with zipfile.ZipFile(src) as zin:
+        members = {n: edit(n, zin.read(n)) for n in zin.namelist() if n != "SHA256SUMS"}
+    sums = "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in sorted(members.items()))
+    with zipfile.ZipFile(dst, "w") as zout:
+        for name, data in members.items():
+            zout.writestr(name, data)
+        zout.writestr("SHA256SUMS", sums)
+
+
+@pytest.fixture(scope="module")
+def synthetic_package(tmp_path_factory):
+    run = synthetic_run(tmp_path_factory.mktemp("pkg") / "run", images=0)
+    (run / "report.html").write_text("<!DOCTYPE html><title>stand-in report</title>", encoding="utf-8")  # the package copies it as is
+    return run, build_package(run)
+
+
+def test_package_hides_identifying_folders_and_keeps_the_audited_manifest(synthetic_package):
+    run, zip_path = synthetic_package
+    assert zip_path == run / "evidence-package.zip"
+    result = verify_package(zip_path)
+    assert result.ok, result.problems
+    with zipfile.ZipFile(zip_path) as zf:
+        leaks = [n for n in zf.namelist() if LEAKY_DIR.encode() in zf.read(n)]
+        manifest_bytes = zf.read("manifest.csv")
+        info = json.loads(zf.read("package.json"))
+        sums = dict(line.split("  ")[::-1] for line in zf.read("SHA256SUMS").decode().splitlines())
+        failures = pd.read_csv(io.BytesIO(zf.read("failures.csv")))
+        protocol_bytes = zf.read("protocol.yaml")
+    assert leaks == []
+    assert failures["error"].tolist() == ["corrupt image …/img.nii.gz"]
+    assert set(info["redacted"]) == {"failures.csv", "metrics.csv", "results.json"}
+    assert protocol_bytes == (run / "protocol.yaml").read_bytes()  # verbatim: its sha256 must still verify
+    assert all(line.startswith("/") is False for line in manifest_bytes.decode().splitlines())
+    results = json.loads((run / "results.json").read_text())
+    assert hashlib.sha256(manifest_bytes).hexdigest() == results["data"]["manifest_sha256"] == sums["manifest.csv"]
+
+
+def test_verify_detects_a_swapped_manifest_even_with_consistent_checksums(synthetic_package, tmp_path):
+    _, zip_path = synthetic_package
+    forged = tmp_path / "forged.zip"
+    _rezip(zip_path, forged, lambda n, d: d.replace(b",F,", b",M,", 1) if n == "manifest.csv" else d)
+    problems = verify_package(forged).problems
+    assert len(problems) == 1 and "differs from results.json data.manifest_sha256" in problems[0], problems
+    leaky = tmp_path / "leaky.zip"
+    _rezip(zip_path, leaky, lambda n, d: d.replace(b"\xe2\x80\xa6/img.nii.gz", f"{LEAKY_DIR}/img.nii.gz".encode()) if n == "failures.csv" else d)
+    assert any("failures.csv: holds absolute file paths" in p for p in verify_package(leaky).problems)
+
+
+def test_build_package_names_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"lacks \['report.html'"):
+        build_package(synthetic_run(tmp_path / "run", images=0))

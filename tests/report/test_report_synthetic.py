@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_builders import synthetic_run
+from report_builders import LEAKY_DIR, synthetic_run
 from report_html_helpers import ReportParser, expected_text, find_row
 
 from audit.report import render_report, validate_results, write_tables
@@ -33,6 +33,29 @@ def parsed(run):
     parser = ReportParser()
     parser.feed((run / "report.html").read_text(encoding="utf-8"))
     return json.loads((run / "results.json").read_text()), parser
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory):
+    """The same synthetic run with results.json statistics from the real audit.stats.analyze."""
+    run = synthetic_run(tmp_path_factory.mktemp("analyzed") / "run", statistics="analyze")
+    parser = ReportParser()
+    parser.feed(render_report(run).read_text(encoding="utf-8"))
+    return json.loads((run / "results.json").read_text()), parser
+
+
+def test_numbers_from_real_analyze_output_equal_their_rows(analyzed):
+    results, parser = analyzed
+    assert validate_results(results) == []
+    assert len(parser.spans) > 1000
+    for attrs, text in parser.spans:
+        assert text == expected_text(find_row(results, attrs)[attrs["data-field"]], attrs["data-kind"]), attrs
+    shown = {(a["data-src"], int(a["data-row"]), a["data-field"]) for a, _ in parser.spans}
+    for source in ("group_estimates", "gaps", "equivalence", "adjusted", "acceptance"):
+        rows = results["statistics"][source]
+        assert rows, source
+        field = {"group_estimates": "mean", "gaps": "p_holm", "equivalence": "p_tost", "adjusted": "estimate", "acceptance": "value"}[source]
+        assert all((f"statistics.{source}", i, field) in shown for i in range(len(rows))), source
 
 
 def test_every_number_shown_equals_its_results_json_row(parsed):
@@ -86,6 +109,33 @@ def test_gallery_shows_the_worst_cases_per_site(run, parsed):
     assert len(re.findall(r'<img alt="case ', (run / "report.html").read_text())) == len(expected)
 
 
+def test_data_quality_per_site_recomputed_from_results_json(parsed):
+    results, parser = parsed
+    shown = {(a["data-site"], a["data-field"]): (a["data-kind"], t) for a, t in parser.derived}
+    sites = sorted(r["group"] for r in results["cohort"]["table1"] if r["axis"] == "site")
+    assert sorted({site for site, _ in shown}) == sites
+    for site in sites:
+        cells = [c for c in results["harmonization"]["metadata_completeness"] if c["site"] == site]
+        known, unknown = sum(c["known"] for c in cells), sum(c["unknown"] for c in cells)
+        expected = {
+            "failed": len({f["case_id"] for f in results["failures"] if f["site"] == site}),
+            "warned": sum(w["n_cases"] for w in results["harmonization"]["warnings"] if w["site"] == site),
+            "unknown": unknown,
+            "complete": 100.0 * known / (known + unknown),
+        }
+        for field, value in expected.items():
+            kind, text = shown[(site, field)]
+            assert text == expected_text(value, kind), (site, field)
+    assert shown[("site-A", "failed")][1] == "1" and shown[("site-B", "failed")][1] == "0"  # the builder fails one site-A case
+
+
+def test_identifying_folders_in_error_messages_are_not_shown(run):
+    html = (run / "report.html").read_text()
+    assert LEAKY_DIR in (run / "failures.csv").read_text()  # planted by the builder
+    assert LEAKY_DIR not in html and "DOE_JOHN" not in html
+    assert "corrupt image …/img.nii.gz" in html
+
+
 def test_report_is_self_contained(run, parsed):
     _, parser = parsed
     html = (run / "report.html").read_text()
@@ -105,8 +155,11 @@ def test_site_supplied_strings_are_escaped(run, tmp_path):
     results = json.loads(text)
     results["harmonization"]["warnings"][0]["warning"] = EVIL
     results["failures"][0]["error"] = EVIL
+    del results["statistics"]["criteria"]  # also: without the summary map the statuses come from the rows (worst wins)
     (evil_run / "results.json").write_text(json.dumps(results))
     html = render_report(evil_run).read_text()
+    statuses = dict(re.findall(r'<span class="status \w+" data-criterion="([^"]+)">(\w+)</span>', html))
+    assert statuses == {"overall-dice": "FAIL", "site-hd95": "INCONCLUSIVE"}
     assert EVIL not in html and "<script" not in html
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") > 10
     parser = ReportParser()
