@@ -1,7 +1,8 @@
 """The single number-formatting rule of the report (documented in docs/report.md, "Number format").
 
 Rule: ``None``/NaN -> "–"; +/-inf -> "∞"/"-∞"; counts as integers; 3 decimals for overlap scores (dice, iou,
-nsd_*), rates, ratios, effects and p-values (p below 0.001 shown as "<0.001"); 1 decimal for percentages;
+nsd_*), rates, ratios and p-values (p below 0.001 shown as "<0.001"); 3 significant digits for model effects;
+1 decimal for percentages;
 2 decimals for distances (mm), volumes (ml), seconds and anything else.
 """
 
@@ -12,12 +13,12 @@ from typing import Any
 
 __all__ = ["decimals_for", "format_value"]
 
-_THREE = ("dice", "iou", "dice_slicewise_cspineseg", "failure_rate", "ratio", "effect", "p")
+_THREE = ("dice", "iou", "dice_slicewise_cspineseg", "failure_rate", "ratio", "p")
 _PERCENT = ("percent",)
 
 
 def decimals_for(kind: str) -> int:
-    """Decimals shown for a metric or kind: 3 for overlap scores, rates, ratios, effects and p-values,
+    """Decimals shown for a metric or kind: 3 for overlap scores, rates, ratios and p-values,
     1 for percentages, 2 for distances (mm), volumes (ml) and everything else."""
     if kind in _THREE or kind.startswith(("nsd_", "p_")):
         return 3
@@ -58,4 +59,6 @@ def format_value(value: Any, kind: str = "") -> str:
         return str(round(value))
     if (kind == "p" or kind.startswith("p_")) and 0 < value < 0.001:
         return "<0.001"
+    if kind == "effect":  # model coefficients span orders of magnitude (per-year slopes): significant digits
+        return f"{value:.3g}"
     return f"{value:.{decimals_for(kind)}f}"

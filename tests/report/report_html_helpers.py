@@ -17,7 +17,9 @@ def expected_text(value, kind: str) -> str:
         return f"{round(value):d}"
     if kind == "p" and 0 < value < 0.001:
         return "<0.001"
-    digits = {"dice": 3, "iou": 3, "nsd_2mm": 3, "failure_rate": 3, "effect": 3, "p": 3, "percent": 1}.get(kind, 2)
+    if kind == "effect":
+        return f"{value:.3g}"
+    digits = {"dice": 3, "iou": 3, "nsd_2mm": 3, "failure_rate": 3, "p": 3, "percent": 1}.get(kind, 2)
     return f"{value:.{digits}f}"
 
 

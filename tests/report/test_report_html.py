@@ -67,9 +67,9 @@ def test_report_is_self_contained(parsed, demo_run):
 @pytest.mark.parametrize(("value", "kind", "shown"), [
     (0.91234, "dice", "0.912"), (3.456, "hd95", "3.46"), (12.345, "percent", "12.3"), (None, "dice", "–"), ("inf", "hd95", "∞"),
     (float("nan"), "assd", "–"), (0.0004, "p", "<0.001"), (7, "count", "7"), (0.5, "nsd_2mm", "0.500"),
-    (1, "dice", "1.000"), (0.0004, "dice", "0.000"), ("-inf", "effect", "-∞"), (None, "count", "–"), (-0.02287, "effect", "-0.023"),
+    (1, "dice", "1.000"), (0.0004, "dice", "0.000"), ("-inf", "effect", "-∞"), (None, "count", "–"), (-0.02287, "effect", "-0.0229"), (-0.001757, "effect", "-0.00176"),
     (12, "", "12"), (2.0, "seconds", "2.00"),
 ], ids=["dice", "mm", "percent", "none", "inf", "nan", "tiny-p", "count", "nsd", "int-dice", "tiny-dice", "-inf", "none-count",
-        "effect", "bare-int", "seconds"])  # fmt: skip
+        "effect", "effect-slope", "bare-int", "seconds"])  # fmt: skip
 def test_format_rule(value, kind, shown):
     assert format_value(value, kind) == shown
