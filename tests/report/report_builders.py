@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import NormalDist
 
 import nibabel as nib
 import numpy as np
@@ -157,7 +158,7 @@ def _statistics(table: pd.DataFrame) -> dict:
                     if m == "dice" and " x " not in axis:
                         equivalence.append({
                             "axis": axis, "group": g, "reference": reference, "structure": s, "metric": m, "margin": 0.03, "difference": diff,
-                            "ci_low": diff - 0.015, "ci_high": diff + 0.015, "p_tost": 0.0004 if abs(diff) < 0.005 else 0.2,
+                            "ci_low": diff - 0.015, "ci_high": diff + 0.015, "p_tost": _tost_p(diff, margin=0.03, half_width=0.015),
                             "equivalent": abs(diff) + 0.015 < 0.03, "descriptive_only": row["descriptive_only"],
                         })  # fmt: skip
     adjusted = [{"metric": "dice", "structure": s, "model": "mixedlm", "term": term, "estimate": est, "ci_low": est - 0.03, "ci_high": est + 0.03,
@@ -184,6 +185,13 @@ def _statistics(table: pd.DataFrame) -> dict:
     return {"overall": overall, "group_estimates": estimates, "gaps": gaps, "equivalence": equivalence, "power": power, "adjusted": adjusted,
             "acceptance": acceptance, "criteria": criteria, "settings": settings,
             "warnings": [f"{len(small)} group(s) have fewer than {MIN_GROUP} patients and are descriptive only: {', '.join(small)}"]}  # fmt: skip
+
+
+def _tost_p(diff: float, *, margin: float, half_width: float) -> float:
+    """Normal-approximation TOST p-value consistent with a 90% interval ``diff +/- half_width`` (alpha 0.05):
+    p < 0.05 exactly when the interval lies inside ``+/- margin``, so the table never says EQUIVALENT beside p 0.2."""
+    se = half_width / NormalDist().inv_cdf(0.95)
+    return 1.0 - NormalDist().cdf((margin - abs(diff)) / se)
 
 
 def _json_safe(value):

@@ -214,3 +214,21 @@ def test_report_for_1000_cases_stays_under_10_mb_with_bounded_figures(tmp_path):
     images = len(re.findall(r"<img ", html))
     assert size < 10 * 1024 * 1024, size
     assert images <= 6 + 2 + 1 + 3 * 2  # forest per axis + 2 distributions + 1 heatmap + sites x worst_cases_per_group
+
+
+def test_intersection_gaps_are_folded_and_single_axis_gaps_shown(run, parsed):
+    """The primary metric's gaps for single axes are visible; the (many) intersection rows sit in a folded
+    <details> whose summary counts them and their significant rows, recounted here from results.json."""
+    results, _ = parsed
+    html = (run / "report.html").read_text(encoding="utf-8")
+    section = html[html.index('<h2 id="gaps">') : html.index('<h2 id="adjusted">')]
+    visible, _, folded = section.partition("<details>")
+    crossed_block = folded[: folded.index("</details>")]
+    primary = results["protocol"]["statistics"]["primary_metric"]
+    rows = [r for r in results["statistics"]["gaps"] if r["metric"] == primary]
+    crossed = [r for r in rows if " x " in r["axis"]]
+    assert crossed and len(crossed) < len(rows)
+    assert re.findall(r'data-field="difference"[^>]*data-axis="([^"]+)"', visible) == [r["axis"] for r in rows if " x " not in r["axis"]]
+    assert re.findall(r'data-field="difference"[^>]*data-axis="([^"]+)"', crossed_block) == [r["axis"] for r in crossed]
+    n_sig = sum(bool(r["significant"]) for r in crossed)
+    assert f"{len(crossed)} rows, {n_sig} significant</summary>" in crossed_block
