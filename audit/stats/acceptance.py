@@ -2,7 +2,8 @@
 
 One row per criterion x structure (x group for an axis scope). A row is *inconclusive* when its group has
 fewer patients than ``min_group_size`` or no data; otherwise the chosen bound is compared with the
-threshold. A criterion **fails** if any row fails, is **inconclusive** if none fails but some row is
+threshold. A gap criterion judges the groups of adequate size; when it would pass but a known group of the
+axis is too small to be in the gaps, its row is inconclusive (that group could hold the deciding gap). A criterion **fails** if any row fails, is **inconclusive** if none fails but some row is
 inconclusive, and **passes** only when every row passes (:func:`criterion_status`).
 """
 
@@ -17,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from audit.protocol import AcceptanceCriterion
+from audit.records import UNKNOWN
+from audit.stats.groups import INTERSECTION_SEP
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,14 @@ def _estimate_rows(crit: AcceptanceCriterion, estimates: pd.DataFrame, structure
     return rows
 
 
-def _gap_rows(crit: AcceptanceCriterion, gaps: pd.DataFrame, structure: str) -> list[dict]:
+def _small_known_groups(estimates: pd.DataFrame, crit: AcceptanceCriterion, structure: str) -> list[str]:
+    """Known groups of the criterion's axis with data but fewer than min_group_size patients (left out of gaps)."""
+    sub = estimates[(estimates["axis"] == crit.scope) & (estimates["structure"] == structure) & (estimates["metric"] == crit.metric)]
+    sub = sub[sub["descriptive_only"].astype(bool) & (sub["n_patients"] > 0)]
+    return [str(g) for g in sub["group"] if UNKNOWN not in str(g).split(INTERSECTION_SEP)]
+
+
+def _gap_rows(crit: AcceptanceCriterion, gaps: pd.DataFrame, estimates: pd.DataFrame, structure: str) -> list[dict]:
     comparison = "vs_reference" if crit.estimate == "gap_vs_reference" else "worst_vs_best"
     sub = gaps[(gaps["axis"] == crit.scope) & (gaps["structure"] == structure) & (gaps["metric"] == crit.metric) & (gaps["comparison"] == comparison)]
     sub = sub[~sub["descriptive_only"].astype(bool)]
@@ -78,7 +88,12 @@ def _gap_rows(crit: AcceptanceCriterion, gaps: pd.DataFrame, structure: str) -> 
     deciding = sub.iloc[i]
     status, reason = _judge(crit, float(np.asarray(values)[i]))
     label = f"{deciding['group']} vs {deciding['reference']}"
-    return [_row(crit, structure, label, float(np.asarray(values)[i]), status, f"largest absolute gap ({label}): {reason}")]
+    reason = f"largest absolute gap ({label}): {reason}"
+    small = _small_known_groups(estimates, crit, structure)
+    if status == "pass" and small:  # an untested small group could hold a larger gap: it would decide the criterion
+        status = "inconclusive"
+        reason += f"; but group(s) {', '.join(small)} have fewer than min_group_size patients, are not in the gaps, and could decide it"
+    return [_row(crit, structure, label, float(np.asarray(values)[i]), status, reason)]
 
 
 def evaluate_acceptance(
@@ -99,7 +114,7 @@ def evaluate_acceptance(
                 source = overall if crit.scope == "overall" else group_estimates
                 rows.extend(_estimate_rows(crit, source, structure, min_group_size))
             else:
-                rows.extend(_gap_rows(crit, gaps, structure))
+                rows.extend(_gap_rows(crit, gaps, group_estimates, structure))
     return pd.DataFrame(rows, columns=list(ACCEPTANCE_COLUMNS))
 
 

@@ -13,10 +13,29 @@ import pandas as pd
 from audit.protocol import AcceptanceCriterion, StatisticsSettings, SubgroupSettings
 from audit.provenance import json_ready
 from audit.records import UNKNOWN
-from audit.stats.acceptance import ACCEPTANCE_COLUMNS, criterion_status, evaluate_acceptance
+from audit.stats.acceptance import (
+    ACCEPTANCE_COLUMNS,
+    criterion_status,
+    evaluate_acceptance,
+)
 from audit.stats.adjusted import ADJUSTED_COLUMNS, adjusted_effects
-from audit.stats.gaps import EQUIVALENCE_COLUMNS, GAP_COLUMNS, POWER_COLUMNS, adjust_pvalues, axis_gaps
-from audit.stats.groups import ESTIMATE_COLUMNS, INTERSECTION_SEP, GroupResult, axis_labels, group_result, prepare
+from audit.stats.gaps import (
+    EQUIVALENCE_COLUMNS,
+    GAP_COLUMNS,
+    POWER_COLUMNS,
+    adjust_pvalues,
+    axis_gaps,
+)
+from audit.stats.groups import (
+    ESTIMATE_COLUMNS,
+    INTERSECTION_SEP,
+    GroupResult,
+    axis_labels,
+    axis_unknown,
+    group_result,
+    prepare,
+)
+from audit.stats.intervals import PROPORTION_INTERVALS
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +84,7 @@ def analyze(
     higher_is_better: Mapping[str, bool],
     bounded: Mapping[str, bool] | None = None,
     signed: Sequence[str] | None = None,
+    failure_interval: str = "wilson",
 ) -> StatsResults:
     """Estimate, compare and judge every subgroup of the analysis table.
 
@@ -84,6 +104,8 @@ def analyze(
     signed : sequence of str, optional
         Metrics whose ideal is 0 with both signs meaningful (``rel_volume_error``): failures are
         ``|value| > threshold`` and worst/best groups are ranked by ``|mean|``. Defaults to the registry.
+    failure_interval : {"wilson", "clopper_pearson"}
+        Interval of the failure rates (the protocol has no setting for it yet; Wilson is the default).
 
     Returns
     -------
@@ -94,6 +116,8 @@ def analyze(
     missing = sorted(set(metrics) - set(higher_is_better))
     if missing:
         raise ValueError(f"higher_is_better: no direction given for metrics {missing}")
+    if failure_interval not in PROPORTION_INTERVALS:
+        raise ValueError(f"failure_interval: allowed values are {sorted(PROPORTION_INTERVALS)}; found {failure_interval!r}")
     specs = _registry_flags(metrics)
     bounded = dict(bounded) if bounded is not None else {m: specs[m][0] for m in metrics}
     signed = tuple(signed) if signed is not None else tuple(m for m in metrics if specs[m][1])
@@ -103,6 +127,7 @@ def analyze(
     common = dict(
         level=level, method=method, n_resamples=n_boot, min_group_size=statistics.min_group_size,
         failure_thresholds=statistics.failure_thresholds, higher_is_better=higher_is_better, signed=signed,
+        failure_interval=failure_interval,
     )  # fmt: skip
     everyone = np.ones(len(prepared.cases), dtype=bool)
     overall = group_result(prepared, everyone, axis="overall", group="all", rng=np.random.default_rng(seeds[0]), strata=prepared.cases["site"], **common)
@@ -117,9 +142,12 @@ def analyze(
         requested = subgroups.reference_groups.get(name)
         if requested is not None and requested not in set(labels):
             notes.append(f"subgroups.reference_groups.{name}: group {requested!r} is not in the data; the largest known group is the reference")
-        results: list[GroupResult] = [
-            group_result(prepared, labels == g, axis=name, group=str(g), rng=rng, **common) for g in sorted(set(labels))
-        ]
+        unknown = axis_unknown(prepared.cases, columns)
+        results: list[GroupResult] = []
+        for g in sorted(set(labels)):
+            mask = labels == g
+            result = group_result(prepared, mask, axis=name, group=str(g), rng=rng, **common)
+            results.append(dataclasses.replace(result, known=not bool(unknown[mask].any())))
         estimate_tables.extend(r.table for r in results)
         gaps, equiv, power = axis_gaps(
             name, results, prepared.columns, reference=subgroups.reference_groups.get(name), level=level, alpha=statistics.alpha,
@@ -157,6 +185,7 @@ def analyze(
         "family_size": int(gaps_table["p_value"].notna().sum()),
         "alpha": statistics.alpha,
         "min_group_size": statistics.min_group_size,
+        "failure_interval": failure_interval,
         "tests": {"bounded metrics": "Welch t-test on patient means", "distance metrics": "Mann-Whitney U on patient means",
                   "worst_vs_best": "Alexander-Govern (bounded) or Kruskal-Wallis (distance) across groups"},
     }  # fmt: skip
@@ -197,6 +226,8 @@ def _warnings(prepared, estimates: pd.DataFrame, min_group_size: int) -> list[st
     n_failed = int(prepared.failed.any(axis=1).sum())
     if n_failed:
         out.append(f"{n_failed} case(s) failed; they are counted in n_failed of every estimate, not included in means")
+    if prepared.n_without_patient:
+        out.append(f"{prepared.n_without_patient} case(s) without patient_id are treated as one patient each (own bootstrap cluster)")
     n_nonfinite = int(prepared.nonfinite.sum())
     if n_nonfinite:
         out.append(f"{n_nonfinite} non-finite metric value(s) (e.g. relative volume error of a false positive) are counted in n_nonfinite, not averaged")

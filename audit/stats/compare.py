@@ -1,6 +1,7 @@
 """Paired comparisons on the same cases: two or more models, or one model against two reference label sets.
 
-For each (structure, metric), the case-level difference (other - baseline) is averaged per patient; the
+Only cases evaluable in both tables are paired; the others (failed, both empty, infinite, or absent from one
+table) are counted in ``n_unpaired``. For each (structure, metric), the case-level difference (other - baseline) is averaged per patient; the
 mean difference gets a cluster-bootstrap interval over patients and a Wilcoxon signed-rank test on the
 patient-level differences. Holm adjustment runs over every comparison of the call.
 """
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["paired_differences", "compare_models", "compare_references", "COMPARE_COLUMNS"]
 
 COMPARE_COLUMNS = (
-    "kind", "baseline", "other", "structure", "metric", "n_cases", "n_patients", "mean_baseline", "mean_other",
+    "kind", "baseline", "other", "structure", "metric", "n_cases", "n_unpaired", "n_patients", "mean_baseline", "mean_other",
     "mean_difference", "ci_low", "ci_high", "test", "statistic", "p_value", "p_holm",
 )  # fmt: skip
 
@@ -53,12 +54,15 @@ def paired_differences(
     a = _evaluable(baseline, names[0])
     b = _evaluable(other, names[1]).drop(columns="patient_id")
     both = a.merge(b, on=["case_id", "structure", "metric"], suffixes=("_a", "_b"))
+    union = pd.concat([baseline[["case_id", "structure", "metric"]], other[["case_id", "structure", "metric"]]]).drop_duplicates()
     rng = np.random.default_rng(statistics.seed)
     rows = []
     for structure in structures:
         for metric in metrics:
             sub = both[(both["structure"] == structure) & (both["metric"] == metric)]
-            row = dict(kind=kind, baseline=names[0], other=names[1], structure=structure, metric=metric, n_cases=len(sub))
+            n_union = int(((union["structure"] == structure) & (union["metric"] == metric)).sum())
+            row = dict(kind=kind, baseline=names[0], other=names[1], structure=structure, metric=metric, n_cases=len(sub),
+                       n_unpaired=n_union - len(sub))  # fmt: skip
             if sub.empty:
                 rows.append(row)
                 continue

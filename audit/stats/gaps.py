@@ -16,11 +16,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.multitest import multipletests
 
-from audit.records import UNKNOWN
 from audit.stats.bootstrap import percentile_interval
 from audit.stats.groups import GroupResult
-from audit.stats.intervals import minimum_detectable_difference, omnibus_test, test_for_metric, two_group_test, welch_tost
+from audit.stats.intervals import (
+    minimum_detectable_difference,
+    omnibus_test,
+    test_for_metric,
+    two_group_test,
+    welch_tost,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ def choose_reference(groups: Sequence[GroupResult], k: int, requested: str | Non
             if g.group == requested:
                 return g
         logger.warning("reference group %r not present; using the largest group", requested)
-    known = [g for g in groups if g.group != UNKNOWN and g.n_patients[k] > 0]
+    known = [g for g in groups if g.known and g.n_patients[k] > 0]
     return max(known, key=lambda g: g.n_patients[k], default=None)  # ties: the first group in sorted order
 
 
@@ -116,7 +122,7 @@ def axis_gaps(
                          p_tost=math.nan if small else welch_tost(g_means, ref_means, m), equivalent=equivalent, descriptive_only=small)
                 )  # fmt: skip
         # worst versus best among known groups large enough to test
-        eligible = [g for g in groups if g.group != UNKNOWN and g.n_patients[k] >= min_group_size]
+        eligible = [g for g in groups if g.known and g.n_patients[k] >= min_group_size]
         if len(eligible) >= 2:
             gaps.append(_worst_vs_best(axis, eligible, k, structure, metric, test, level=level,
                                        higher=higher_is_better.get(metric, True), signed=metric in signed))  # fmt: skip
@@ -152,30 +158,19 @@ def _worst_vs_best(axis: str, eligible: Sequence[GroupResult], k: int, structure
 
 
 def holm(p: np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values: ``max_{j<=i} min(1, (m - j + 1) p_(j))`` in sorted order."""
+    """Holm step-down adjusted p-values (``statsmodels.stats.multitest.multipletests(method="holm")``)."""
     p = np.asarray(p, dtype=float)
-    order = np.argsort(p, kind="stable")
-    m = p.size
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
-    return out
+    return multipletests(p, method="holm")[1] if p.size else p.copy()
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values: ``min_{j>=i} min(1, m p_(j) / j)`` in sorted order."""
+    """Benjamini-Hochberg adjusted p-values (``multipletests(method="fdr_bh")``)."""
     p = np.asarray(p, dtype=float)
-    order = np.argsort(p, kind="stable")
-    m = p.size
-    ranked = p[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
-    out = np.empty(m)
-    out[order] = adjusted
-    return out
+    return multipletests(p, method="fdr_bh")[1] if p.size else p.copy()
 
 
 def adjust_pvalues(gaps: pd.DataFrame, method: str, alpha: float) -> pd.DataFrame:
-    """Holm and Benjamini-Hochberg adjustment over the whole family of tests in ``gaps`` (validated against statsmodels).
+    """Holm and Benjamini-Hochberg adjustment (statsmodels ``multipletests``) over the whole family of tests in ``gaps``.
 
     The family is every test of the run that has a p-value: each axis x group x structure x metric
     versus its reference, and each omnibus worst-versus-best test. Descriptive-only groups are not tested.
@@ -192,7 +187,7 @@ def adjust_pvalues(gaps: pd.DataFrame, method: str, alpha: float) -> pd.DataFram
         if method == "none":
             adjusted = p
         elif method == "bonferroni":
-            adjusted = np.minimum(1.0, p * p.size)
+            adjusted = multipletests(p, method="bonferroni")[1]
         else:
             adjusted = out.loc[tested, "p_holm" if method == "holm" else "p_fdr_bh"].to_numpy(dtype=float)
         out.loc[tested, "p_adjusted"] = adjusted

@@ -17,12 +17,17 @@ import numpy as np
 import pandas as pd
 
 from audit.records import EVALUABLE_STATUSES, UNKNOWN
-from audit.stats.bootstrap import bca_interval, cluster_bootstrap_means, jackknife_means, percentile_interval
-from audit.stats.intervals import wilson_interval
+from audit.stats.bootstrap import (
+    bca_interval,
+    cluster_bootstrap_means,
+    jackknife_means,
+    percentile_interval,
+)
+from audit.stats.intervals import proportion_interval
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_age_band", "age_band_labels", "Prepared", "prepare", "GroupResult", "group_result", "failure_count", "axis_labels", "ESTIMATE_COLUMNS"]
+__all__ = ["add_age_band", "age_band_labels", "Prepared", "prepare", "GroupResult", "group_result", "failure_count", "axis_unknown", "axis_labels", "ESTIMATE_COLUMNS"]
 
 EVALUABLE = EVALUABLE_STATUSES
 INTERSECTION_SEP = " x "
@@ -90,6 +95,7 @@ class Prepared:
     both_empty: np.ndarray  # n x K bool
     nonfinite: np.ndarray  # n x K bool (evaluable status but inf value)
     evaluable: np.ndarray  # n x K raw values of evaluable rows, inf kept (for failure rates); NaN elsewhere
+    n_without_patient: int = 0  # cases whose missing patient_id was replaced by their case_id
 
 
 def prepare(table: pd.DataFrame, *, structures: Sequence[str], metrics: Sequence[str]) -> Prepared:
@@ -101,6 +107,9 @@ def prepare(table: pd.DataFrame, *, structures: Sequence[str], metrics: Sequence
     sub = table[table["structure"].isin(structures) & table["metric"].isin(metrics)]
     columns = tuple((s, m) for s in structures for m in metrics)
     cases = table.drop_duplicates("case_id").set_index("case_id")
+    n_missing = int(cases["patient_id"].isna().sum())
+    if n_missing:  # a case without a patient id is its own cluster, never pooled with others
+        cases["patient_id"] = cases["patient_id"].astype(object).where(cases["patient_id"].notna(), "case:" + cases.index.astype(str))
     cases = cases.drop(columns=[c for c in ("structure", "metric", "value", "status", "error", "reference_volume_ml", "predicted_volume_ml") if c in cases])
     index = pd.MultiIndex.from_tuples(columns, names=["structure", "metric"])
     value = sub.pivot_table(index="case_id", columns=["structure", "metric"], values="value", aggfunc="first", dropna=False)
@@ -118,6 +127,7 @@ def prepare(table: pd.DataFrame, *, structures: Sequence[str], metrics: Sequence
         both_empty=st == "both_empty",
         nonfinite=evaluable_status & ~finite & ~np.isnan(v),
         evaluable=np.where(evaluable_status, v, np.nan),
+        n_without_patient=n_missing,
     )
 
 
@@ -131,6 +141,15 @@ def axis_labels(cases: pd.DataFrame, axis: str | Sequence[str]) -> pd.Series:
     out = parts[0]
     for p in parts[1:]:
         out = out + INTERSECTION_SEP + p
+    return out
+
+
+def axis_unknown(cases: pd.DataFrame, axis: str | Sequence[str]) -> np.ndarray:
+    """True for cases whose value in any column of the axis is missing or ``Unknown``."""
+    cols = [axis] if isinstance(axis, str) else list(axis)
+    out = np.zeros(len(cases), dtype=bool)
+    for c in cols:
+        out |= (cases[c].isna() | (cases[c].astype(object).astype(str) == UNKNOWN)).to_numpy()
     return out
 
 
@@ -155,6 +174,8 @@ class GroupResult:
     n_cases: np.ndarray
     n_patients: np.ndarray
     table: pd.DataFrame  # estimate rows (ESTIMATE_COLUMNS minus mdd/is_reference, filled later)
+    #: False when the group label is, or contains (intersections), ``Unknown``: never a reference, never worst/best.
+    known: bool = True
 
 
 def group_result(
@@ -172,11 +193,13 @@ def group_result(
     higher_is_better: Mapping[str, bool],
     strata: pd.Series | None = None,
     signed: Sequence[str] = (),
+    failure_interval: str = "wilson",
 ) -> GroupResult:
     """Estimates, intervals and bootstrap draws for the cases selected by ``mask``.
 
     The failure rate counts every evaluable case, infinite values included (an infinite error is beyond
-    any threshold); for a ``signed`` metric (ideal 0) a failure is ``|value| > threshold``.
+    any threshold); for a ``signed`` metric (ideal 0) a failure is ``|value| > threshold``. Its interval is
+    ``failure_interval`` (``wilson`` or ``clopper_pearson``, see :func:`audit.stats.intervals.proportion_interval`).
     """
     values = prepared.values[mask]
     patients = prepared.cases["patient_id"].to_numpy()[mask]
@@ -213,7 +236,7 @@ def group_result(
         if metric in failure_thresholds and judged.size:
             fails = failure_count(judged, float(failure_thresholds[metric]), higher=higher_is_better.get(metric, True), signed=metric in signed)
             fr = fails / judged.size
-            flo, fhi = wilson_interval(fails, judged.size, level)
+            flo, fhi = proportion_interval(fails, judged.size, level, method=failure_interval)
         rows.append(
             {
                 "axis": axis,

@@ -13,7 +13,7 @@ from scipy import stats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["wilson_interval", "welch_tost", "minimum_detectable_difference", "two_group_test", "omnibus_test", "DISTANCE_METRICS", "test_for_metric"]
+__all__ = ["wilson_interval", "clopper_pearson_interval", "proportion_interval", "PROPORTION_INTERVALS", "welch_tost", "minimum_detectable_difference", "two_group_test", "omnibus_test", "DISTANCE_METRICS", "test_for_metric"]
 
 #: Metrics whose case distributions are skewed (distances, volume errors): rank-based tests.
 DISTANCE_METRICS = ("hd95", "hd", "assd", "abs_volume_error_ml", "rel_volume_error")
@@ -38,6 +38,27 @@ def wilson_interval(successes: int, n: int, level: float) -> tuple[float, float]
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def clopper_pearson_interval(successes: int, n: int, level: float) -> tuple[float, float]:
+    """Exact (Clopper-Pearson 1934) interval from beta quantiles; conservative (coverage >= level)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    alpha = 1.0 - level
+    lo = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, n - successes + 1))
+    hi = 1.0 if successes == n else float(stats.beta.ppf(1 - alpha / 2, successes + 1, n - successes))
+    return (lo, hi)
+
+
+#: Interval methods for a failure rate (a binomial proportion).
+PROPORTION_INTERVALS = {"wilson": wilson_interval, "clopper_pearson": clopper_pearson_interval}
+
+
+def proportion_interval(successes: int, n: int, level: float, *, method: str = "wilson") -> tuple[float, float]:
+    """Interval of a binomial proportion by ``method`` (``wilson`` or ``clopper_pearson``)."""
+    if method not in PROPORTION_INTERVALS:
+        raise ValueError(f"failure_interval: allowed values are {sorted(PROPORTION_INTERVALS)}; found {method!r}")
+    return PROPORTION_INTERVALS[method](successes, n, level)
 
 
 def _welch(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from audit.stats.bootstrap import bca_interval, cluster_bootstrap_means, jackknife_means, patient_weights, percentile_interval
+from audit.stats.bootstrap import (
+    bca_interval,
+    cluster_bootstrap_means,
+    jackknife_means,
+    patient_weights,
+    percentile_interval,
+)
 
 
 def test_weights_are_bootstrap_counts():

@@ -9,7 +9,12 @@ from statsmodels.stats.proportion import proportion_confint
 from statsmodels.stats.weightstats import ttest_ind, ttost_ind
 
 from audit.stats.gaps import adjust_pvalues
-from audit.stats.intervals import minimum_detectable_difference, two_group_test, welch_tost, wilson_interval
+from audit.stats.intervals import (
+    minimum_detectable_difference,
+    two_group_test,
+    welch_tost,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (17, 250)], ids=["none", "some", "all", "large"])
@@ -47,16 +52,38 @@ def test_mdd_formula_by_hand():
     np.testing.assert_allclose(minimum_detectable_difference(0.04, 25, 0.04, 100, alpha=0.05), 2.801585 * np.sqrt(0.04**2 / 25 + 0.04**2 / 100), rtol=1e-6)
 
 
+def textbook_holm(p):
+    """Holm (1979) written out: sort, multiply the i-th smallest by (m - i), running maximum, cap at 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def textbook_bh(p):
+    """Benjamini-Hochberg (1995) written out: from the largest down, running minimum of m p_(i) / i."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 1.0
+    for rank in range(len(p) - 1, -1, -1):
+        i = order[rank]
+        running = min(running, len(p) * p[i] / (rank + 1))
+        out[i] = running
+    return out
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2], ids=["s0", "s1", "s2"])
-def test_holm_and_bh_match_statsmodels_multipletests(seed):
-    from statsmodels.stats.multitest import multipletests
-
-    from audit.stats.gaps import benjamini_hochberg, holm
-
+def test_family_adjustment_matches_textbook_holm_and_bh(seed):
+    """adjust_pvalues over a family with ties and untested rows against the written-out procedures."""
     p = np.random.default_rng(seed).uniform(0, 0.2, size=37)
     p[:3] = p[3]  # ties
-    np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
-    np.testing.assert_allclose(benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1], rtol=1e-12)
+    gaps = pd.DataFrame({"p_value": np.concatenate([p, [np.nan, np.nan]])})
+    out = adjust_pvalues(gaps, "fdr_bh", 0.05)
+    np.testing.assert_allclose(out["p_holm"].to_numpy()[:37], textbook_holm(list(p)), rtol=1e-12)
+    np.testing.assert_allclose(out["p_fdr_bh"].to_numpy()[:37], textbook_bh(list(p)), rtol=1e-12)
+    np.testing.assert_allclose(out["p_adjusted"].to_numpy()[:37], textbook_bh(list(p)), rtol=1e-12)
+    assert out["p_holm"].iloc[37:].isna().all()  # untested rows are outside the family
 
 
 def test_adjusted_model_notes_are_merged_per_message():
