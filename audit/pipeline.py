@@ -277,6 +277,7 @@ def run_audit(
         statistics=protocol.statistics,
         acceptance=protocol.acceptance,
         higher_is_better=higher,
+        failure_interval=protocol.statistics.failure_interval,
     )
     progress("stats", 1, 1)
     table1 = provenance.cohort_table(manifest_banded, ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band"))

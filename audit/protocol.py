@@ -106,6 +106,7 @@ class StatisticsSettings:
     primary_metric: str = "dice"
     equivalence_margins: Mapping[str, float] = dataclasses.field(default_factory=dict)
     failure_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    failure_interval: Literal["wilson", "clopper_pearson"] = "wilson"
     adjusted_model: AdjustedModelSettings = dataclasses.field(default_factory=AdjustedModelSettings)
 
 

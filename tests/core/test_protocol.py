@@ -102,3 +102,9 @@ def test_hash_is_canonical_key_order_and_defaults_do_not_matter():
     assert protocol_sha256(protocol_from_dict(explicit)) == h
     changed = with_change("statistics.seed", 8)
     assert protocol_sha256(protocol_from_dict(changed)) != h
+
+
+def test_failure_interval_choice_is_validated():
+    assert protocol_from_dict(with_change("statistics.failure_interval", "clopper_pearson")).statistics.failure_interval == "clopper_pearson"
+    with pytest.raises(ProtocolError, match=r"statistics\.failure_interval: allowed values are \['wilson', 'clopper_pearson'\]"):
+        protocol_from_dict(with_change("statistics.failure_interval", "exact"))
