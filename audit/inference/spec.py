@@ -17,7 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 from audit.harmonize.intensity import IntensitySpec, intensity_spec_from
-from audit.ontology import LabelMap, get_label_map, label_map_from_dict
+from audit.harmonize.labels import resolve_label_map
+from audit.ontology import LabelMap
 
 logger = logging.getLogger(__name__)
 
@@ -193,17 +194,12 @@ def _int_tuple(value: Any, field: str, n: int = 3) -> tuple[int, ...]:
 
 
 def _parse_labels(value: Any) -> LabelMap:
-    if isinstance(value, str):
+    if isinstance(value, str) or (isinstance(value, Mapping) and value):
         try:
-            return get_label_map(value)
-        except KeyError as exc:
-            raise ValueError(f"model.labels: {exc.args[0]}") from None
-    if isinstance(value, Mapping) and value:
-        try:
-            return label_map_from_dict("model", value)
+            return resolve_label_map(value, name="model")
         except (KeyError, ValueError) as exc:
             raise ValueError(f"model.labels: {exc.args[0]}") from None
-    raise _err("labels", "expected a label-map name or a mapping {value: structure}", value)
+    raise _err("labels", "expected a label-map name, a mapping {value: structure} or {values: {...}, ignore: [...]}", value)
 
 
 def _parse_preprocessing(value: Any, base_dir: Path) -> PreprocessingSpec:

@@ -20,7 +20,8 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from audit.ontology import COARSE_VALUES, LABEL_MAPS, LabelMap, label_map_from_dict
+from audit.harmonize.labels import resolve_label_map
+from audit.ontology import COARSE_VALUES, LabelMap
 from audit.report.figures import (
     OKABE_ITO,
     distribution_plot,
@@ -157,14 +158,12 @@ def _site_quality(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _label_map(name: str, values: Mapping[str, str] | None) -> LabelMap | None:
-    """A known label map by name, or one built from ``values``; None (canonical values) when neither applies."""
-    if values:
-        try:
-            return label_map_from_dict(name, values)
-        except (KeyError, ValueError) as exc:
-            logger.warning("gallery: model label map not usable (%s); drawing raw values", exc)
-            return None
-    return LABEL_MAPS.get(name)
+    """The model's labels (``values``) or a known map by name, via the sites' resolver; None (raw values drawn) if neither."""
+    try:
+        return resolve_label_map(values or name, name=name)
+    except (KeyError, ValueError) as exc:
+        logger.warning("gallery: label map %r not usable (%s); drawing raw values", name, exc)
+        return None
 
 
 def _gallery(

@@ -12,7 +12,6 @@ from audit.inference import (
     autocast_context,
     load_model,
     model_spec_from_dict,
-    nnunet_available,
     select_device,
     validate_nnunet_folder,
 )
@@ -50,6 +49,16 @@ def test_spec_paths_resolve_against_base_dir(tmp_path):
     assert spec.path == tmp_path / "m.pt"
     assert spec.inference.roi_size == (16, 96, 144) and spec.inference.tta_flips == ((0,), (1, 2))
     assert spec.labels.name == "spine_audit" and spec.preprocessing.orientation == "RAS"
+
+
+def test_model_labels_take_the_site_label_map_forms(tmp_path):
+    """A name, a {value: structure} mapping, or {values, ignore} (values the model emits that are not spine)."""
+    plain = model_spec_from_dict({**BASE, "labels": {1: "vertebral_body", 2: "intervertebral_disc"}}, base_dir=tmp_path)
+    assert dict(plain.labels.values) == {1: "vertebral_body", 2: "intervertebral_disc"} and not plain.labels.ignore
+    ignoring = model_spec_from_dict({**BASE, "labels": {"values": {1: "vertebral_body"}, "ignore": [9]}}, base_dir=tmp_path)
+    assert dict(ignoring.labels.values) == {1: "vertebral_body"} and ignoring.labels.ignore == frozenset({9})
+    with pytest.raises(ValueError, match=r"model.labels: .*allowed keys"):
+        model_spec_from_dict({**BASE, "labels": {"values": {1: "vertebral_body"}, "drop": [9]}}, base_dir=tmp_path)
 
 
 def test_builtin_demo_model_loads_and_matches_its_card(tmp_path):
@@ -109,8 +118,10 @@ def test_nnunet_folder_validation(tmp_path):
         validate_nnunet_folder(folder)
 
 
-@pytest.mark.skipif(nnunet_available(), reason="nnunetv2 is installed: the guard does not apply")
-def test_nnunet_without_the_extra_names_the_install_command(tmp_path):
+def test_nnunet_without_the_extra_names_the_install_command(tmp_path, monkeypatch):
+    import audit.inference.nnunet as nnunet_module
+
+    monkeypatch.setattr(nnunet_module, "nnunet_available", lambda: False)  # as on a machine without the extra
     folder = nnunet_folder(tmp_path / "Dataset001")
     spec = model_spec_from_dict({"kind": "nnunet", "path": str(folder), "labels": {1: "vertebral_body"}}, base_dir=tmp_path)
     with pytest.raises(ImportError) as info:
