@@ -195,7 +195,7 @@ def load_model(spec: ModelSpec, *, device: str = "auto") -> LoadedModel:
 
         folder = _require(spec.path, folder=True, kind="nnunet")
         sha = _checked_sha(spec, folder_sha256(folder))
-        return LoadedModel(spec, sha, spec.labels, dev, predict_volume=load_nnunet(folder, spec.options, dev))
+        return LoadedModel(spec, sha, spec.labels, dev, predict_volume=load_nnunet(folder, spec.options, dev, spec.labels))
     assert spec.path is not None
     is_folder = spec.kind == "monai_bundle"
     if is_folder:
