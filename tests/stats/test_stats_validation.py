@@ -16,6 +16,7 @@ from statsmodels.stats.weightstats import ttest_ind, ttost_ind
 from audit.protocol import AcceptanceCriterion, AdjustedModelSettings, SubgroupSettings
 from audit.stats import analyze, compare_models
 from audit.stats.adjusted import confounding_warnings
+from audit.stats.gaps import holm
 
 HIGHER = {"dice": True, "hd95": False, "rel_volume_error": False}
 VB = "vertebral_body"
@@ -62,6 +63,15 @@ def test_family_adjustment_matches_multipletests_over_the_whole_run():
     assert len(tested) == res.settings["family_size"] == 2 * (3 + 1) + 2 * (1 + 1)  # (groups-1 + omnibus) per axis x structure
     np.testing.assert_allclose(tested["p_holm"], multipletests(tested["p_value"], method="holm")[1], rtol=1e-12)
     np.testing.assert_allclose(tested["p_adjusted"], multipletests(tested["p_value"], method="fdr_bh")[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 40])
+def test_holm_equals_statsmodels_including_ties_and_the_cap(m):
+    rng = np.random.default_rng(m)
+    p = np.concatenate([rng.uniform(0, 0.2, m), [0.01, 0.01, 0.9, 1.0, 0.0]])  # ties, values that cap at 1, a zero
+    rng.shuffle(p)
+    np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=0, atol=1e-15)
+    assert holm(np.array([])).size == 0
 
 
 def test_planted_gap_detected_in_most_replicates():
