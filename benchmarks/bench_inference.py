@@ -80,6 +80,8 @@ def main() -> None:
         warm_s = time.perf_counter() - t0
     ok = [r for r in cold if isinstance(r, InferenceResult)]
     breakdown = {p: round(float(np.mean([r.timings.get(p, 0.0) for r in ok])), 4) for p in PHASES}
+    # share of the cold run's wall time in which the network ran (the rest: waiting on loading, writing, Python)
+    compute_share = float(np.sum([r.timings.get("infer", 0.0) for r in ok])) / cold_s if cold_s > 0 else float("nan")
     print(json.dumps({
         "benchmark": "inference",
         "device": str(model.device),
@@ -93,6 +95,7 @@ def main() -> None:
         "cached_cases_per_s": round(len(cases) / warm_s, 3) if all(getattr(r, "cached", False) for r in warm) else None,
         "wall_s": round(cold_s, 3),
         "seconds_per_case_by_phase": breakdown,
+        "compute_share_of_wall": round(compute_share, 3),
         "model_load_s": round(load_model_s, 3),
         "cohort_generation_s": round(generation_s, 3),
     }))

@@ -189,3 +189,12 @@ def write_nnunet_model(folder: Path, *, reader: str = "SimpleITKIO", folds=(0,),
         (folder / f"fold_{fold}").mkdir()
         torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pth")
     return folder
+
+
+def cohort_cases(cohort: Path) -> list[InferenceCase]:
+    """The cases of a generated synthetic cohort (``<site>/images/*.nii.gz`` with ``<site>/labels``)."""
+    out = []
+    for site_dir in sorted(p for p in cohort.iterdir() if (p / "images").is_dir()):
+        for img in sorted((site_dir / "images").glob("*.nii.gz")):
+            out.append(InferenceCase(f"{site_dir.name}/{img.name[:-7]}", img, site_dir / "labels" / img.name, site=site_dir.name))
+    return out
