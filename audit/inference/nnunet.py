@@ -269,8 +269,7 @@ def load_nnunet(folder: Path, options: Mapping[str, Any], device: torch.device, 
         # nnU-Net's axis order: the nibabel array reversed (z, y, x), as SimpleITK and nnU-Net's Nibabel readers give it
         data = np.ascontiguousarray(np.asarray(source.array, dtype=np.float32).transpose(2, 1, 0))[None]
         props = {"spacing": [float(s) for s in source.spacing[::-1]]}
-        with _nnunet_prints_to_log():
-            seg = predictor.predict_single_npy_array(data, props, None, None, False)
+        seg = predictor.predict_single_npy_array(data, props, None, None, False)  # prints nothing with verbose=False
         seg = np.asarray(seg).transpose(2, 1, 0)
         return Volume(seg.astype(np.uint8 if seg.max(initial=0) <= 255 else np.uint16), source.affine)
 
