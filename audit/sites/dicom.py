@@ -1,8 +1,10 @@
 """``dicom``: one DICOM series per case folder, converted once to a cached NIfTI.
 
-Layout: ``root/<images>/<local_id>/**/<files>`` (one folder per case, any depth), reference masks as NIfTI
-on the series grid (``labels`` pattern). The series becomes a RAS NIfTI in a cache folder so later
-stages read NIfTI; the cache key hashes file names, sizes and modification times.
+Layout: ``root/<images>/<local_id>/**/<files>`` (one folder per case, any depth). Reference masks: a NIfTI on
+the series grid (``labels`` pattern), a DICOM SEG file (``labels`` pattern naming a SEG object), or
+``labels: seg`` for the one SEG object inside the case folder (see :mod:`audit.sites.dicom_seg`). The series
+(and a SEG) become RAS NIfTI files in a cache folder so later stages read NIfTI; the cache key hashes file
+names, sizes and modification times (and the SEG options).
 
 Geometry: slices are sorted along the normal ``row x col`` of ImageOrientationPatient by their
 ImagePositionPatient; the voxel ``(i, j, k)`` is column ``i``, row ``j`` of slice ``k``, so the LPS affine
@@ -18,7 +20,9 @@ identifying tag leaves this module.
 Options (defaults in brackets)::
 
     images: "."                      # folder (relative to root) holding one sub-folder per case
-    labels: "labels/{case_id}.nii.gz"
+    labels: "labels/{case_id}.nii.gz"  # a NIfTI or a DICOM SEG file; or "seg": the SEG inside the case folder
+    seg_segments: null               # {SegmentLabel | CodeMeaning | CodeValue: label value}; default SegmentNumber
+    seg_overlap: error               # error | last (voxels in two segments: the higher segment number wins)
     files: "*"                       # glob of DICOM files inside a case folder (searched recursively)
     cache_dir: null                  # default $SPINE_AUDIT_CACHE or ~/.cache/spine-audit, + /dicom/<site>
     series_description: null         # regex choosing a series when a folder holds several
@@ -44,6 +48,7 @@ from audit.harmonize.privacy import PSEUDONYM_KEY_ENV, pseudonymize
 from audit.records import UNKNOWN, CaseFailure
 from audit.sites.base import Adapter, RawCase, SiteDataError, missing_file_failure, register_adapter
 from audit.sites.config import SiteConfig
+from audit.sites.dicom_seg import SEG_OVERLAP, DicomSegError, is_dicom_seg, read_seg_on_grid
 
 logger = logging.getLogger(__name__)
 
@@ -160,44 +165,94 @@ def _patient_id(header: Any, local_id: str, site: str) -> str:
     return local_id
 
 
+def _seg_options(config: SiteConfig) -> tuple[dict[str, int] | None, str]:
+    segments = config.option("seg_segments")
+    overlap = str(config.option("seg_overlap", "error"))
+    if overlap not in SEG_OVERLAP:
+        raise SiteDataError(f"sites[{config.name}].options.seg_overlap: allowed values are {list(SEG_OVERLAP)}; got {overlap!r}")
+    if segments is None:
+        return None, overlap
+    if not isinstance(segments, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in segments.values()):
+        raise SiteDataError(f"sites[{config.name}].options.seg_segments: expected {{segment label or code: positive label value}}; got {segments!r}")
+    return {str(k): int(v) for k, v in segments.items()}, overlap
+
+
+def _stats(paths: list[Path], base: Path) -> list[tuple[str, int, int]]:
+    return sorted((p.relative_to(base).as_posix() if p.is_relative_to(base) else p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+
+
+def _save_atomic(img: nib.Nifti1Image, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp.nii.gz")
+    nib.save(img, tmp)
+    tmp.replace(target)
+
+
+def _seg_label(
+    seg: Path, members: list[tuple[Path, Any]], *, cache: Path, local_id: str, image_key: str, options: tuple[dict[str, int] | None, str]
+) -> Path:
+    """Convert a SEG onto the series grid, cached beside the image (key: image, SEG file and SEG options)."""
+    segments, overlap = options
+    key = hashlib.sha256(repr((image_key, _stats([seg], seg.parent), sorted((segments or {}).items()), overlap)).encode()).hexdigest()[:12]
+    target = cache / f"{local_id}-{key}-seg.nii.gz"
+    if target.is_file():
+        return target
+    headers = [h for _, h in members]
+    affine, _ = series_geometry(headers)
+    shape = (int(headers[0].Columns), int(headers[0].Rows), len(headers))
+    labels = read_seg_on_grid(seg, affine, shape, series_uid=str(getattr(headers[0], "SeriesInstanceUID", "")) or None, segment_values=segments, overlap=overlap)
+    img = nib.Nifti1Image(labels, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    _save_atomic(img, target)
+    return target
+
+
 def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
-    """Yield one case per case folder, converting its series to a cached NIfTI (see the module docstring)."""
+    """Yield one case per case folder, converting its series (and a SEG mask) to cached NIfTI (see the module docstring)."""
     images = config.root / str(config.option("images", "."))
     labels = str(config.option("labels", "labels/{case_id}.nii.gz"))
+    seg_in_folder = labels.strip().lower() == "seg"
     pattern = str(config.option("files", "*"))
     choose = config.option("series_description")
+    seg_options = _seg_options(config)
     if not images.is_dir():
         raise SiteDataError(f"sites[{config.name}].options.images: folder {images} not found")
     if not os.environ.get(PSEUDONYM_KEY_ENV):
         logger.warning("site %s: %s is not set; patient ids are the case folder names", config.name, PSEUDONYM_KEY_ENV)
     cache = _cache_dir(config)
-    label_root = (config.root / labels).parent.resolve()
+    label_root = None if seg_in_folder else (config.root / labels).parent.resolve()
     for folder in sorted(p for p in images.iterdir() if p.is_dir() and p.resolve() != label_root and not p.name.startswith(".")):
         local_id = folder.name
         case_id = f"{config.name}/{local_id}"
-        label = config.root / labels.format(case_id=local_id)
+        label = None if seg_in_folder else config.root / labels.format(case_id=local_id)
         try:
             headers = _headers(folder, pattern)
+            segs = [path for path, header in headers if is_dicom_seg(header)]
             by_series: dict[str, list[tuple[Path, Any]]] = {}
             for path, header in headers:
-                by_series.setdefault(str(getattr(header, "SeriesInstanceUID", "")), []).append((path, header))
+                if not is_dicom_seg(header):
+                    by_series.setdefault(str(getattr(header, "SeriesInstanceUID", "")), []).append((path, header))
             if choose:
                 by_series = {k: v for k, v in by_series.items() if re.search(str(choose), str(getattr(v[0][1], "SeriesDescription", "")))}
             if len(by_series) != 1:
                 raise DicomSeriesError(f"folder {folder} holds {len(by_series)} matching DICOM series; expected 1 (set options.series_description)")
             members = next(iter(by_series.values()))
             series_geometry([h for _, h in members])  # cheap header-only validation (missing slices)
-            stats = sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in members)
-            key = hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+            key = hashlib.sha256(repr(_stats([p for p, _ in members], folder)).encode()).hexdigest()[:12]
             image = cache / f"{local_id}-{key}.nii.gz"
             if not image.is_file():
-                cache.mkdir(parents=True, exist_ok=True)
-                tmp = image.with_suffix(".tmp.nii.gz")
-                nib.save(read_series([p for p, _ in members]), tmp)
-                tmp.replace(image)
-        except (DicomSeriesError, OSError, ValueError) as exc:
+                _save_atomic(read_series([p for p, _ in members]), image)
+            if seg_in_folder:
+                if len(segs) != 1:
+                    raise DicomSegError(f"labels: seg expects one DICOM SEG object in {folder}; found {len(segs)}")
+                label = _seg_label(segs[0], members, cache=cache, local_id=local_id, image_key=key, options=seg_options)
+            elif label is not None and label.is_file() and is_dicom_seg(label):
+                label = _seg_label(label, members, cache=cache, local_id=local_id, image_key=key, options=seg_options)
+        except (DicomSeriesError, DicomSegError, OSError, ValueError) as exc:
             yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
             continue
+        assert label is not None
         if not label.is_file():
             yield missing_file_failure(case_id, config.name, "label", label)
             continue
@@ -209,8 +264,8 @@ register_adapter(
     Adapter(
         name="dicom",
         iter_cases=iter_dicom,
-        options=frozenset({"images", "labels", "files", "cache_dir", "series_description"}),
+        options=frozenset({"images", "labels", "files", "cache_dir", "series_description", "seg_segments", "seg_overlap"}),
         default_label_map=None,
-        description="One DICOM series per case folder (converted to cached NIfTI) plus NIfTI reference masks",
+        description="One DICOM series per case folder (converted to cached NIfTI) plus NIfTI or DICOM SEG reference masks",
     )
 )
