@@ -107,6 +107,8 @@ class StatisticsSettings:
     equivalence_margins: Mapping[str, float] = dataclasses.field(default_factory=dict)
     failure_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     failure_interval: Literal["wilson", "clopper_pearson"] = "wilson"
+    gap_test: Literal["auto", "permutation"] = "auto"
+    permutation_iterations: int = 10_000
     adjusted_model: AdjustedModelSettings = dataclasses.field(default_factory=AdjustedModelSettings)
 
 
@@ -298,6 +300,8 @@ def _check_semantics(protocol: Protocol) -> None:
         raise ProtocolError(f"statistics.alpha: must be in (0, 0.5); found {stats.alpha}")
     if stats.bootstrap_iterations < 100:
         raise ProtocolError(f"statistics.bootstrap_iterations: must be at least 100; found {stats.bootstrap_iterations}")
+    if stats.permutation_iterations < 1000:
+        raise ProtocolError(f"statistics.permutation_iterations: must be at least 1000; found {stats.permutation_iterations}")
     if stats.min_group_size < 2:
         raise ProtocolError(f"statistics.min_group_size: must be at least 2; found {stats.min_group_size}")
     edges = protocol.subgroups.age_bands

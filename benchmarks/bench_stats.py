@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--method", choices=("percentile", "bca"), default="percentile")
     parser.add_argument("--demo-like", action="store_true")
+    parser.add_argument("--gap-test", choices=("auto", "permutation"), default="auto")
+    parser.add_argument("--permutations", type=int, default=10_000)
     args = parser.parse_args()
     if args.demo_like:
         n_cases, n_resamples, n_s, n_m = 48, 1_000, 4, 4
@@ -71,7 +73,8 @@ def main() -> None:
     if args.demo_like:
         table["site"] = table["patient_id"].map(lambda p: f"site-{'ABCD'[int(p[1:]) % 4]}")
     statistics = StatisticsSettings(bootstrap_iterations=n_resamples, bootstrap_method=args.method, adjusted_model=adjusted,
-                                    equivalence_margins={"dice": 0.03}, failure_thresholds={"dice": 0.8})  # fmt: skip
+                                    equivalence_margins={"dice": 0.03}, failure_thresholds={"dice": 0.8},
+                                    gap_test=args.gap_test, permutation_iterations=args.permutations)  # fmt: skip
     metrics = list(METRICS)[:n_m]
     times = []
     for _ in range(args.repeats):
@@ -81,6 +84,7 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     print(json.dumps({"benchmark": "stats-demo-like" if args.demo_like else "stats", "cases": n_cases,
                       "axes": len(subgroups.columns) + len(subgroups.intersections), "resamples": n_resamples, "method": args.method,
+                      "gap_test": args.gap_test, "permutations": args.permutations if args.gap_test == "permutation" else None,
                       "columns": n_s * n_m, "adjusted_model": adjusted.enabled, "best_s": round(min(times), 3),
                       "median_s": round(float(np.median(times)), 3), "cpus": os.cpu_count()}))  # fmt: skip
 

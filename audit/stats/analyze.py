@@ -73,6 +73,15 @@ def _axes(subgroups: SubgroupSettings) -> list[tuple[str, str | tuple[str, ...]]
     return axes
 
 
+def _tests_description(statistics: StatisticsSettings) -> dict[str, str]:
+    if statistics.gap_test == "permutation":
+        n = statistics.permutation_iterations
+        return {"all metrics": f"two-sided permutation test of the difference of patient means ({n} relabellings, exact when fewer exist)",
+                "worst_vs_best": f"permutation test of the between-group sum of squares ({n} relabellings)"}  # fmt: skip
+    return {"bounded metrics": "Welch t-test on patient means", "distance metrics": "Mann-Whitney U on patient means",
+            "worst_vs_best": "Alexander-Govern (bounded) or Kruskal-Wallis (distance) across groups"}  # fmt: skip
+
+
 def analyze(
     table: pd.DataFrame,
     *,
@@ -123,7 +132,10 @@ def analyze(
     signed = tuple(signed) if signed is not None else tuple(m for m in metrics if specs[m][1])
     level, n_boot, method = statistics.confidence_level, statistics.bootstrap_iterations, statistics.bootstrap_method
     prepared = prepare(table, structures=structures, metrics=metrics)
-    seeds = np.random.SeedSequence(statistics.seed).spawn(1 + len(_axes(subgroups)))
+    n_axes = len(_axes(subgroups))
+    # bootstrap streams first (their values do not depend on the test choice), then one permutation stream per axis
+    seeds = np.random.SeedSequence(statistics.seed).spawn(1 + 2 * n_axes)
+    permutation_seeds = seeds[1 + n_axes :]
     common = dict(
         level=level, method=method, n_resamples=n_boot, min_group_size=statistics.min_group_size,
         failure_thresholds=statistics.failure_thresholds, higher_is_better=higher_is_better, signed=signed,
@@ -136,7 +148,7 @@ def analyze(
     equivalence_rows: list[dict] = []
     power_rows: list[dict] = []
     notes: list[str] = []
-    for (name, columns), seed in zip(_axes(subgroups), seeds[1:]):
+    for (name, columns), seed, permutation_seed in zip(_axes(subgroups), seeds[1 : 1 + n_axes], permutation_seeds):
         rng = np.random.default_rng(seed)
         labels = axis_labels(prepared.cases, columns).to_numpy()
         requested = subgroups.reference_groups.get(name)
@@ -152,7 +164,8 @@ def analyze(
         gaps, equiv, power = axis_gaps(
             name, results, prepared.columns, reference=subgroups.reference_groups.get(name), level=level, alpha=statistics.alpha,
             min_group_size=statistics.min_group_size, margins=statistics.equivalence_margins, higher_is_better=higher_is_better,
-            signed=signed,
+            signed=signed, gap_test=statistics.gap_test, n_permutations=statistics.permutation_iterations,
+            rng=np.random.default_rng(permutation_seed),
         )  # fmt: skip
         gap_rows += gaps
         equivalence_rows += equiv
@@ -186,8 +199,8 @@ def analyze(
         "alpha": statistics.alpha,
         "min_group_size": statistics.min_group_size,
         "failure_interval": failure_interval,
-        "tests": {"bounded metrics": "Welch t-test on patient means", "distance metrics": "Mann-Whitney U on patient means",
-                  "worst_vs_best": "Alexander-Govern (bounded) or Kruskal-Wallis (distance) across groups"},
+        "gap_test": statistics.gap_test,
+        "tests": _tests_description(statistics),
     }  # fmt: skip
     return StatsResults(
         overall=overall_table,

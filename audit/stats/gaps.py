@@ -72,8 +72,15 @@ def axis_gaps(
     margins: Mapping[str, float],
     higher_is_better: Mapping[str, bool],
     signed: Sequence[str] = (),
+    gap_test: str = "auto",
+    n_permutations: int = 10_000,
+    rng: np.random.Generator | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Gap, equivalence and power rows of one axis (p-values not yet adjusted).
+
+    ``gap_test`` ``auto`` tests bounded metrics with Welch and distance metrics with Mann-Whitney
+    (Alexander-Govern / Kruskal-Wallis across groups); ``permutation`` uses permutation tests of means for
+    every metric (``n_permutations`` relabellings drawn from ``rng``; exact when fewer exist).
 
     For a ``signed`` metric (ideal 0, e.g. the relative volume error) worst and best are ranked by the
     absolute group mean, and the worst-versus-best difference is ``|mean_worst| - |mean_best|``.
@@ -85,7 +92,7 @@ def axis_gaps(
         ref = choose_reference(groups, k, reference)
         if ref is None:
             continue
-        test = test_for_metric(metric)
+        test = test_for_metric(metric, gap_test)
         ref_means = ref.patient_means[:, k]
         ref_means = ref_means[np.isfinite(ref_means)]
         ref_small = ref.n_patients[k] < min_group_size
@@ -96,7 +103,7 @@ def axis_gaps(
             g_means = g.patient_means[:, k][np.isfinite(g.patient_means[:, k])]
             diff_boot = (g.boot[:, k] - ref.boot[:, k])[:, None]
             lo, hi = percentile_interval(diff_boot, level)
-            stat, p = (math.nan, math.nan) if small else two_group_test(g_means, ref_means, test)
+            stat, p = (math.nan, math.nan) if small else two_group_test(g_means, ref_means, test, rng=rng, n_permutations=n_permutations)
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = float(g.estimate[k] / ref.estimate[k]) if ref.estimate[k] != 0 else math.nan
             rlo, rhi = _ratio_ci(g.boot[:, k], ref.boot[:, k], level)
@@ -125,12 +132,13 @@ def axis_gaps(
         eligible = [g for g in groups if g.known and g.n_patients[k] >= min_group_size]
         if len(eligible) >= 2:
             gaps.append(_worst_vs_best(axis, eligible, k, structure, metric, test, level=level,
-                                       higher=higher_is_better.get(metric, True), signed=metric in signed))  # fmt: skip
+                                       higher=higher_is_better.get(metric, True), signed=metric in signed,
+                                       rng=rng, n_permutations=n_permutations))  # fmt: skip
     return gaps, equivalence, power
 
 
 def _worst_vs_best(axis: str, eligible: Sequence[GroupResult], k: int, structure: str, metric: str, test: str, *,
-                   level: float, higher: bool, signed: bool) -> dict:
+                   level: float, higher: bool, signed: bool, rng: np.random.Generator | None = None, n_permutations: int = 10_000) -> dict:
     """The worst-versus-best row: the range of group means with the bootstrap distribution of the range.
 
     Worst and best are re-chosen in every resample, so the interval accounts for choosing them from the
@@ -150,7 +158,7 @@ def _worst_vs_best(axis: str, eligible: Sequence[GroupResult], k: int, structure
         ratio_b = np.where(best_b != 0, worst_b / np.where(best_b != 0, best_b, 1.0), np.nan)[:, None]
     dlo, dhi = percentile_interval(diff_b, level)
     rlo, rhi = percentile_interval(ratio_b, level)
-    name, stat, p = omnibus_test([g.patient_means[:, k] for g in eligible], test)
+    name, stat, p = omnibus_test([g.patient_means[:, k] for g in eligible], test, rng=rng, n_permutations=n_permutations)
     return dict(axis=axis, comparison="worst_vs_best", group=eligible[worst].group, reference=eligible[best].group, structure=structure,
                 metric=metric, difference=float(means[worst] - means[best]), diff_ci_low=float(dlo[0]), diff_ci_high=float(dhi[0]),
                 ratio=float(means[worst] / means[best]) if means[best] else math.nan, ratio_ci_low=float(rlo[0]), ratio_ci_high=float(rhi[0]),

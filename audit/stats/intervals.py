@@ -11,12 +11,20 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import stats
 
+from audit.stats.permutation import permutation_omnibus, permutation_two_group
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["wilson_interval", "clopper_pearson_interval", "proportion_interval", "PROPORTION_INTERVALS", "welch_tost", "minimum_detectable_difference", "two_group_test", "omnibus_test", "DISTANCE_METRICS", "test_for_metric"]
+__all__ = ["wilson_interval", "clopper_pearson_interval", "proportion_interval", "PROPORTION_INTERVALS", "welch_tost", "minimum_detectable_difference", "two_group_test", "omnibus_test", "DISTANCE_METRICS", "GAP_TESTS", "test_for_metric"]
 
 #: Metrics whose case distributions are skewed (distances, volume errors): rank-based tests.
 DISTANCE_METRICS = ("hd95", "hd", "assd", "abs_volume_error_ml", "rel_volume_error")
+
+
+def _require_rng(rng: np.random.Generator | None) -> np.random.Generator:
+    if rng is None:
+        raise ValueError("rng: a numpy Generator is required for permutation tests (seeded from statistics.seed)")
+    return rng
 
 
 @contextlib.contextmanager
@@ -96,22 +104,37 @@ def minimum_detectable_difference(sd_group: float, n_group: int, sd_ref: float, 
     return float(z * math.sqrt(sd_group**2 / n_group + sd_ref**2 / n_ref))
 
 
-def test_for_metric(metric: str) -> str:
-    """``mann_whitney`` for skewed distance/volume metrics, ``welch`` for bounded overlap metrics."""
+#: ``statistics.gap_test`` values: ``auto`` (Welch or Mann-Whitney by metric) or ``permutation`` (every metric).
+GAP_TESTS = ("auto", "permutation")
+
+
+def test_for_metric(metric: str, gap_test: str = "auto") -> str:
+    """``permutation`` when asked; otherwise ``mann_whitney`` for skewed distance/volume metrics, ``welch`` for bounded overlap metrics."""
+    if gap_test not in GAP_TESTS:
+        raise ValueError(f"gap_test: allowed values are {list(GAP_TESTS)}; found {gap_test!r}")
+    if gap_test == "permutation":
+        return "permutation"
     return "mann_whitney" if metric in DISTANCE_METRICS else "welch"
 
 
 test_for_metric.__test__ = False  # not a pytest test despite its name
 
 
-def two_group_test(x: np.ndarray, y: np.ndarray, test: str) -> tuple[float, float]:
-    """(statistic, p-value) of a two-sided Welch t-test or Mann-Whitney U test on patient-level values."""
+def two_group_test(
+    x: np.ndarray, y: np.ndarray, test: str, *, rng: np.random.Generator | None = None, n_permutations: int = 10_000
+) -> tuple[float, float]:
+    """(statistic, p-value) of a two-sided Welch t-test, Mann-Whitney U test or permutation test on patient-level values.
+
+    The permutation test's statistic is the difference of means (:mod:`audit.stats.permutation`); it needs ``rng``.
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     if x.size < 2 or y.size < 2:
         return (math.nan, math.nan)
-    if test not in ("welch", "mann_whitney"):
-        raise ValueError(f"test: allowed values are 'welch', 'mann_whitney'; found {test!r}")
+    if test not in ("welch", "mann_whitney", "permutation"):
+        raise ValueError(f"test: allowed values are 'welch', 'mann_whitney', 'permutation'; found {test!r}")
+    if test == "permutation":
+        return permutation_two_group(x, y, n_permutations=n_permutations, rng=_require_rng(rng))
     if test == "welch" and np.var(x) == 0 and np.var(y) == 0:
         return (math.nan, 1.0 if np.mean(x) == np.mean(y) else 0.0)
     with _quiet():
@@ -119,12 +142,17 @@ def two_group_test(x: np.ndarray, y: np.ndarray, test: str) -> tuple[float, floa
     return (float(res.statistic), float(res.pvalue))
 
 
-def omnibus_test(samples: list[np.ndarray], test: str) -> tuple[str, float, float]:
-    """Test of equal centres across several groups: Alexander-Govern (heteroscedastic ANOVA) or Kruskal-Wallis."""
+def omnibus_test(
+    samples: list[np.ndarray], test: str, *, rng: np.random.Generator | None = None, n_permutations: int = 10_000
+) -> tuple[str, float, float]:
+    """Test of equal centres across groups: Alexander-Govern (heteroscedastic ANOVA), Kruskal-Wallis, or a permutation test."""
     samples = [np.asarray(s, float)[np.isfinite(s)] for s in samples]
     samples = [s for s in samples if s.size >= 2]
     if len(samples) < 2:
         return ("none", math.nan, math.nan)
+    if test == "permutation":
+        stat, p = permutation_omnibus(samples, n_permutations=n_permutations, rng=_require_rng(rng))
+        return ("permutation_between_ss", stat, p)
     if test == "mann_whitney":
         if len({v for s in samples for v in s}) < 2:
             return ("kruskal", math.nan, 1.0)

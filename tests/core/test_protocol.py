@@ -104,6 +104,15 @@ def test_hash_is_canonical_key_order_and_defaults_do_not_matter():
     assert protocol_sha256(protocol_from_dict(changed)) != h
 
 
+def test_gap_test_and_permutation_iterations_are_validated():
+    chosen = protocol_from_dict(with_change("statistics.gap_test", "permutation")).statistics
+    assert chosen.gap_test == "permutation" and chosen.permutation_iterations == 10_000
+    with pytest.raises(ProtocolError, match=r"statistics\.gap_test: allowed values are \['auto', 'permutation'\]"):
+        protocol_from_dict(with_change("statistics.gap_test", "exact"))
+    with pytest.raises(ProtocolError, match=r"statistics\.permutation_iterations: must be at least 1000; found 10"):
+        protocol_from_dict(with_change("statistics.permutation_iterations", 10))
+
+
 def test_failure_interval_choice_is_validated():
     assert protocol_from_dict(with_change("statistics.failure_interval", "clopper_pearson")).statistics.failure_interval == "clopper_pearson"
     with pytest.raises(ProtocolError, match=r"statistics\.failure_interval: allowed values are \['wilson', 'clopper_pearson'\]"):
