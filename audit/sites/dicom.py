@@ -247,7 +247,7 @@ def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
                 if len(segs) != 1:
                     raise DicomSegError(f"labels: seg expects one DICOM SEG object in {folder}; found {len(segs)}")
                 label = _seg_label(segs[0], members, cache=cache, local_id=local_id, image_key=key, options=seg_options)
-            elif label is not None and label.is_file() and is_dicom_seg(label):
+            elif label is not None and not label.name.endswith((".nii", ".nii.gz")) and label.is_file() and is_dicom_seg(label):
                 label = _seg_label(label, members, cache=cache, local_id=local_id, image_key=key, options=seg_options)
         except (DicomSeriesError, DicomSegError, OSError, ValueError) as exc:
             yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
