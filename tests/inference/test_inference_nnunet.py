@@ -63,8 +63,8 @@ def predict_with_nnunet_itself(folder: Path, image: Path, out_dir: Path, folds: 
 
 @pytest.mark.parametrize(
     ("reader", "axcodes", "folds"),
-    [("SimpleITKIO", "PIR", (0,)), ("SimpleITKIO", "LPS", (0, 1)), ("NibabelIOWithReorient", "PIR", (0,))],
-    ids=["sitk-PIR", "sitk-LPS-2folds", "nibabel-reorient-PIR"],
+    [("SimpleITKIO", "PIR", (0,)), ("SimpleITKIO", "LPS", (0, 1)), ("NibabelIOWithReorient", "PIR", (0,)), ("NibabelIO", "PSR", ("all",))],
+    ids=["sitk-PIR", "sitk-LPS-2folds", "nibabel-reorient-PIR", "nibabel-PSR-fold_all"],
 )
 def test_prediction_equals_nnunet_own_pipeline(tmp_path, reader, axcodes, folds):
     folder = write_nnunet_model(tmp_path / "model", reader=reader, folds=folds, seed=7)
