@@ -142,6 +142,7 @@ class ReportSettings:
     title: str = "Segmentation model audit"
     synthetic_columns: tuple[str, ...] = ()
     worst_cases_per_group: int = 3
+    gallery_axes: tuple[str, ...] = ("site",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +305,10 @@ def _check_semantics(protocol: Protocol) -> None:
         raise ProtocolError(f"statistics.permutation_iterations: must be at least 1000; found {stats.permutation_iterations}")
     if stats.min_group_size < 2:
         raise ProtocolError(f"statistics.min_group_size: must be at least 2; found {stats.min_group_size}")
+    gallery_allowed = ("site", *protocol.subgroups.columns)
+    for i, axis in enumerate(protocol.report.gallery_axes):
+        if axis not in gallery_allowed:
+            raise ProtocolError(f"report.gallery_axes[{i}]: allowed values are {list(dict.fromkeys(gallery_allowed))} (site and the subgroup columns); found {axis!r}")
     edges = protocol.subgroups.age_bands
     if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ProtocolError(f"subgroups.age_bands: need at least two strictly increasing edges; found {list(edges)}")

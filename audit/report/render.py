@@ -169,26 +169,38 @@ def _label_map(name: str, values: Mapping[str, str] | None) -> LabelMap | None:
 def _gallery(
     run_dir: Path, cases: pd.DataFrame, protocol: Mapping[str, Any], metric: str, higher: bool, model_labels: Mapping[str, str] | None
 ) -> list[dict[str, Any]]:
-    """The worst ``report.worst_cases_per_group`` cases of each site (bounded: sites x per_group images)."""
+    """The worst ``report.worst_cases_per_group`` cases of each group of each ``report.gallery_axes`` axis.
+
+    Bounded: axes x groups x per_group images; a case shown on several axes is drawn once.
+    """
     per_group = int(protocol["report"]["worst_cases_per_group"])
-    if per_group <= 0 or cases.empty or "site" not in cases:
+    axes = [a for a in protocol["report"].get("gallery_axes", ["site"]) if a in cases]
+    if per_group <= 0 or cases.empty or not axes:
         return []
-    worst = worst_cases(cases, axis="site", metric=metric, higher_is_better=higher, per_group=per_group)
     info = cases.drop_duplicates("case_id").set_index("case_id")
     structures = {s: COARSE_VALUES[s] for s in protocol["structures"] if s in COARSE_VALUES}
     prediction_map = _label_map("model", model_labels) if model_labels else None
+    drawn: dict[str, str | None] = {}
     out = []
-    for group, sub in worst.groupby("site", sort=True):
-        figures = []
-        for rec in sub.itertuples(index=False):
-            row = {**info.loc[rec.case_id].to_dict(), "case_id": rec.case_id}
-            if not isinstance(row.get("prediction_path"), str) or not row["prediction_path"]:
-                continue
-            reference_map = _label_map(str(row.get("label_map")), None)
-            uri = case_figure(row, run_dir=run_dir, label_values=structures, reference_map=reference_map, prediction_map=prediction_map)
-            if uri:
-                figures.append({"case_id": rec.case_id, "value": float(rec.value), "uri": uri})
-        out.append({"group": group, "cases": figures})
+    for axis in axes:
+        worst = worst_cases(cases.assign(**{axis: cases[axis].astype(str)}), axis=axis, metric=metric, higher_is_better=higher, per_group=per_group)
+        groups = []
+        for group, sub in worst.groupby(axis, sort=True):
+            figures = []
+            for rec in sub.itertuples(index=False):
+                if rec.case_id not in drawn:
+                    row = {**info.loc[rec.case_id].to_dict(), "case_id": rec.case_id}
+                    has_prediction = isinstance(row.get("prediction_path"), str) and bool(row["prediction_path"])
+                    reference_map = _label_map(str(row.get("label_map")), None) if has_prediction else None
+                    drawn[rec.case_id] = (
+                        case_figure(row, run_dir=run_dir, label_values=structures, reference_map=reference_map, prediction_map=prediction_map)
+                        if has_prediction
+                        else None
+                    )
+                if drawn[rec.case_id]:
+                    figures.append({"case_id": rec.case_id, "value": float(rec.value), "uri": drawn[rec.case_id]})
+            groups.append({"group": group, "cases": figures})
+        out.append({"axis": axis, "groups": groups})
     return out
 
 

@@ -104,6 +104,12 @@ def test_hash_is_canonical_key_order_and_defaults_do_not_matter():
     assert protocol_sha256(protocol_from_dict(changed)) != h
 
 
+def test_gallery_axes_must_be_site_or_subgroup_columns():
+    assert protocol_from_dict(with_change("report.gallery_axes", ["site", "vendor"])).report.gallery_axes == ("site", "vendor")
+    with pytest.raises(ProtocolError, match=r"report\.gallery_axes\[1\]: allowed values are \['site', .*found 'scanner'"):
+        protocol_from_dict(with_change("report.gallery_axes", ["site", "scanner"]))
+
+
 def test_gap_test_and_permutation_iterations_are_validated():
     chosen = protocol_from_dict(with_change("statistics.gap_test", "permutation")).statistics
     assert chosen.gap_test == "permutation" and chosen.permutation_iterations == 10_000

@@ -232,12 +232,13 @@ def synthetic_run(
     images: int = 6,
     seed: int = 0,
     statistics: str = "builder",
+    gallery_axes: Sequence[str] | None = None,
 ) -> Path:
     """Write a complete synthetic run folder (see the module docstring) and return it.
 
     ``images`` distinct NIfTI triplets are written under ``<run>/cohort``; cases reuse them in turn (0: none).
     ``statistics="analyze"`` fills results.json's statistics with the real ``audit.stats.analyze`` output
-    (200 resamples) instead of the builder's simple tables.
+    (200 resamples) instead of the builder's simple tables. ``gallery_axes`` sets ``report.gallery_axes``.
     """
     if statistics not in ("builder", "analyze"):
         raise ValueError(f"statistics: allowed values are ['builder', 'analyze']; found {statistics!r}")
@@ -248,6 +249,8 @@ def synthetic_run(
     protocol["subgroups"].update(columns=list(AXES), intersections=[list(INTERSECTION)], age_bands=[18, 40, 60, 120])
     protocol["report"]["title"] = "Synthetic report <b>test</b>"
     protocol["report"]["worst_cases_per_group"] = 2
+    if gallery_axes is not None:
+        protocol["report"]["gallery_axes"] = list(gallery_axes)
     (run_dir / "protocol.yaml").write_text(yaml.safe_dump(protocol, sort_keys=False), encoding="utf-8")
     manifest = _manifest(n_cases, sites, rng)
     triplets = [write_case_files(run_dir / "cohort", f"img{k}", shift=k % 3 + 1, seed=k) for k in range(images)]

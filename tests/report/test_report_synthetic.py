@@ -95,18 +95,34 @@ def test_sections_and_acceptance_outcomes(run, parsed):
     assert words and all(word == status.upper() for status, word in words)  # readable without colour: the word is printed
 
 
-def test_gallery_shows_the_worst_cases_per_site(run, parsed):
-    _, parser = parsed
+def expected_worst(run: Path, axis: str, per_group: int = 2) -> dict[str, str]:
+    """case id -> mean Dice (3 decimals) of the ``per_group`` worst cases of each ``axis`` group, from the CSVs."""
     metrics = pd.read_csv(run / "metrics.csv")
     manifest = pd.read_csv(run / "manifest.csv")
     dice = metrics[(metrics.metric == "dice") & metrics.status.isin(["ok", "missed", "false_positive"])]
-    per_case = dice.groupby("case_id")["value"].mean().rename("mean").reset_index().merge(manifest[["case_id", "site"]])
-    expected = set(per_case.sort_values("mean").groupby("site").head(2)["case_id"])  # worst_cases_per_group = 2
-    shown = {a["data-case-id"]: t for a, t in parser.case_values}
-    assert set(shown) == expected
-    for case_id, text in shown.items():
-        assert text == f"{per_case.set_index('case_id').loc[case_id, 'mean']:.3f}"
-    assert len(re.findall(r'<img alt="case ', (run / "report.html").read_text())) == len(expected)
+    per_case = dice.groupby("case_id")["value"].mean().rename("mean").reset_index().merge(manifest[["case_id", axis]])
+    worst = per_case.sort_values(["mean", "case_id"]).groupby(axis).head(per_group)
+    return {c: f"{v:.3f}" for c, v in zip(worst["case_id"], worst["mean"])}
+
+
+def test_gallery_shows_the_worst_cases_per_site(run, parsed):
+    _, parser = parsed
+    shown = {a["data-case-id"]: t for a, t in parser.case_values if a["data-axis"] == "site"}
+    assert shown == expected_worst(run, "site")  # worst_cases_per_group = 2; gallery_axes defaults to [site]
+    assert {a["data-axis"] for a, _ in parser.case_values} == {"site"}
+    assert len(re.findall(r'<img alt="case ', (run / "report.html").read_text())) == len(shown)
+
+
+def test_gallery_per_group_of_several_axes(tmp_path):
+    run = synthetic_run(tmp_path / "run", gallery_axes=["site", "vendor"], images=3)
+    parser = ReportParser()
+    parser.feed(render_report(run).read_text(encoding="utf-8"))
+    for axis in ("site", "vendor"):
+        shown = {a["data-case-id"]: t for a, t in parser.case_values if a["data-axis"] == axis}
+        assert shown == expected_worst(run, axis), axis
+    html = (run / "report.html").read_text()
+    assert "<h3>By site</h3>" in html and "<h3>By vendor</h3>" in html
+    assert len(re.findall(r'<img alt="case ', html)) == len(parser.case_values)
 
 
 def test_data_quality_per_site_recomputed_from_results_json(parsed):
