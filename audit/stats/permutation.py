@@ -98,6 +98,8 @@ def permutation_omnibus(samples: list[np.ndarray], *, n_permutations: int, rng: 
     if len(samples) < 2:
         return (math.nan, math.nan)
     pooled = np.concatenate(samples)
+    pooled = pooled - pooled.mean()  # the statistic is shift-invariant; centring avoids cancellation in sum^2 / n
+    samples = np.split(pooled, np.cumsum([s.size for s in samples])[:-1])
     sizes = np.array([s.size for s in samples])
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     n = pooled.size
