@@ -22,17 +22,13 @@ import numpy as np
 import torch
 
 from audit.inference import BUILTIN_MODELS, InferenceCase, InferenceResult, load_model, model_spec_from_dict, run_inference
-from audit.synthetic import generate_cohort
+from audit.synthetic import cohort_case_files, generate_cohort
 
 PHASES = ("load", "hash", "preprocess", "infer", "postprocess", "write")
 
 
 def _cases(cohort: Path) -> list[InferenceCase]:
-    out = []
-    for site_dir in sorted(p for p in cohort.iterdir() if (p / "images").is_dir()):
-        for img in sorted((site_dir / "images").glob("*.nii.gz")):
-            out.append(InferenceCase(f"{site_dir.name}/{img.name[:-7]}", img, site_dir / "labels" / img.name, site=site_dir.name))
-    return out
+    return [InferenceCase(case_id, image, label, site=site) for case_id, image, label, site in cohort_case_files(cohort)]
 
 
 def _device_name(device: torch.device) -> str:

@@ -27,6 +27,7 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LPS_TO_RAS",
     "Volume",
     "file_sha256",
     "load_volume",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 _AXCODES = {"L", "R", "A", "P", "S", "I"}
+
+#: DICOM patient coordinates (LPS) to NIfTI world coordinates (RAS), and back (it is its own inverse).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclasses.dataclass(frozen=True)

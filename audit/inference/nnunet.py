@@ -131,19 +131,18 @@ def _check_labels(dataset_json: Mapping[str, Any], labels: LabelMap | None, fold
     declared = dataset_json.get("labels")
     if not isinstance(declared, Mapping) or labels is None:
         return
-    values: set[int] = set()
+    names: dict[int, str] = {}  # label value -> dataset.json name
     for name, value in declared.items():
         if isinstance(value, int):
-            values.add(int(value))
+            names[int(value)] = str(name)
         elif isinstance(value, (list, tuple)):
             raise ValueError(f"model.path: {folder}/dataset.json defines region-based label {name!r} = {value}; spine-audit audits label (not region) models")
     mapped = {int(v) for v in labels.values} | {int(v) for v in labels.ignore}
-    unknown = sorted(int(v) for v in labels.values if int(v) not in values)
+    unknown = sorted(int(v) for v in labels.values if int(v) not in names)
     if unknown:
         raise ValueError(f"model.labels: values {unknown} are not outputs of the nnU-Net model (dataset.json labels: {dict(declared)})")
-    unmapped = sorted(v for v in values if v and v not in mapped)
+    unmapped = sorted(v for v in names if v and v not in mapped)
     if unmapped:
-        names = {int(v): k for k, v in declared.items() if isinstance(v, int)}
         raise ValueError(
             f"model.labels: the nnU-Net model emits values {unmapped} ({[names[v] for v in unmapped]}) that model.labels neither maps nor "
             f"ignores; every case holding them would fail at the metrics stage. Map them, or use the form "

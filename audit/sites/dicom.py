@@ -43,6 +43,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from audit.harmonize.geometry import LPS_TO_RAS
 from audit.harmonize.metadata import normalize_ethnicity
 from audit.harmonize.privacy import PSEUDONYM_KEY_ENV, pseudonymize
 from audit.records import UNKNOWN, CaseFailure
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DicomSeriesError", "series_geometry", "read_series", "iter_dicom"]
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class DicomSeriesError(ValueError):
@@ -113,7 +113,7 @@ def series_geometry(headers: list[Any]) -> tuple[np.ndarray, list[int]]:
     lps[:3, 1] = col_cos * row_spacing
     lps[:3, 2] = (ipp[order[-1]] - ipp[order[0]]) / (len(order) - 1)
     lps[:3, 3] = ipp[order[0]]
-    return _LPS_TO_RAS @ lps, [int(i) for i in order]
+    return LPS_TO_RAS @ lps, [int(i) for i in order]
 
 
 def read_series(paths: list[Path]) -> nib.Nifti1Image:
@@ -228,10 +228,12 @@ def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
         label = None if seg_in_folder else config.root / labels.format(case_id=local_id)
         try:
             headers = _headers(folder, pattern)
-            segs = [path for path, header in headers if is_dicom_seg(header)]
+            segs: list[Path] = []
             by_series: dict[str, list[tuple[Path, Any]]] = {}
             for path, header in headers:
-                if not is_dicom_seg(header):
+                if is_dicom_seg(header):
+                    segs.append(path)
+                else:
                     by_series.setdefault(str(getattr(header, "SeriesInstanceUID", "")), []).append((path, header))
             if choose:
                 by_series = {k: v for k, v in by_series.items() if re.search(str(choose), str(getattr(v[0][1], "SeriesDescription", "")))}

@@ -25,6 +25,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from audit.harmonize.geometry import LPS_TO_RAS
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SEG_SOP_CLASS_UID", "SEG_OVERLAP", "DicomSegError", "is_dicom_seg", "seg_segments", "read_seg_on_grid"]
@@ -34,7 +36,6 @@ SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 #: Allowed values of ``overlap`` (site option ``seg_overlap``).
 SEG_OVERLAP = ("error", "last")
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _VOXEL_TOL = 0.05  # a frame must sit within this many voxels of a grid position
 _DIRECTION_TOL = 1e-3
 _SPACING_RTOL = 1e-3
@@ -155,7 +156,7 @@ def read_seg_on_grid(
         raise DicomSegError(f"SEG has {masks.shape[0]} frames but {len(per_frame)} per-frame functional group items")
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
 
-    lps = _LPS_TO_RAS @ np.asarray(affine, dtype=float)
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
     col_step, row_step = lps[:3, 0], lps[:3, 1]  # moving one column (i) / one row (j)
     col_spacing, row_spacing = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
     inverse = np.linalg.inv(lps)

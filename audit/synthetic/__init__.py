@@ -14,7 +14,7 @@ Typical use::
 
 from audit.synthetic.anatomy import DISC_LEVELS, LEVELS, Anatomy
 from audit.synthetic.cases import SyntheticCase, generate_case, iter_training_cases
-from audit.synthetic.cohort import CohortInfo, generate_cohort, load_truth
+from audit.synthetic.cohort import CohortInfo, cohort_case_files, generate_cohort, load_truth
 from audit.synthetic.demographics import (
     CSPINESEG_ETHNICITY,
     CSPINESEG_RACE,
@@ -35,6 +35,7 @@ from audit.synthetic.profiles import (
 )
 
 __all__ = [
+    "cohort_case_files",
     "SiteProfile",
     "MetadataDialect",
     "DEFAULT_SITES",

@@ -32,7 +32,7 @@ from audit.synthetic.profiles import DEFAULT_SITES, PlantedEffects, SiteProfile
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GENERATOR_VERSION", "CohortInfo", "CaseSpec", "plan_cohort", "generate_cohort", "load_truth"]
+__all__ = ["GENERATOR_VERSION", "CohortInfo", "CaseSpec", "plan_cohort", "generate_cohort", "load_truth", "cohort_case_files"]
 
 GENERATOR_VERSION = "1.0"
 _MISSABLE = ("age", "sex", "race", "ethnicity")
@@ -278,6 +278,15 @@ def generate_cohort(
         cohort_json=cohort_json,
         planted=planted,
     )
+
+
+def cohort_case_files(cohort_dir: str | Path) -> list[tuple[str, Path, Path, str]]:
+    """``(case_id, image, label, site)`` of every case of a generated cohort (``<site>/images``, ``<site>/labels``), sorted."""
+    out = []
+    for site_dir in sorted(p for p in Path(cohort_dir).iterdir() if (p / "images").is_dir()):
+        for img in sorted((site_dir / "images").glob("*.nii.gz")):
+            out.append((f"{site_dir.name}/{img.name[: -len('.nii.gz')]}", img, site_dir / "labels" / img.name, site_dir.name))
+    return out
 
 
 def load_truth(cohort_dir: str | Path) -> pd.DataFrame:

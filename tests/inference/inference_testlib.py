@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from audit.inference import InferenceCase
+from audit.synthetic import cohort_case_files
 
 REAL_CASES = {
     # name: (image, reference label) relative to ../shared/data; orientations PIR, PSR, LPS
@@ -192,9 +193,5 @@ def write_nnunet_model(folder: Path, *, reader: str = "SimpleITKIO", folds=(0,),
 
 
 def cohort_cases(cohort: Path) -> list[InferenceCase]:
-    """The cases of a generated synthetic cohort (``<site>/images/*.nii.gz`` with ``<site>/labels``)."""
-    out = []
-    for site_dir in sorted(p for p in cohort.iterdir() if (p / "images").is_dir()):
-        for img in sorted((site_dir / "images").glob("*.nii.gz")):
-            out.append(InferenceCase(f"{site_dir.name}/{img.name[:-7]}", img, site_dir / "labels" / img.name, site=site_dir.name))
-    return out
+    """The cases of a generated synthetic cohort as inference cases."""
+    return [InferenceCase(case_id, image, label, site=site) for case_id, image, label, site in cohort_case_files(cohort)]

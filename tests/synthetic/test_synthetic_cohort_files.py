@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from audit.synthetic import DEFAULT_SITES, PlantedEffects, generate_cohort, load_truth
+from audit.synthetic import DEFAULT_SITES, PlantedEffects, cohort_case_files, generate_cohort, load_truth
 from audit.synthetic.demographics import Patient, metadata_row
 
 
@@ -149,3 +149,12 @@ def test_site_adapters_read_the_cohort_and_recover_the_truth(small_cohort: Path)
             assert abs(row["age_years"] - true["age_years"]) < 1.0
         if "sex" not in true["missing_metadata"]:
             assert row["sex"] == true["sex"]
+
+
+def test_cohort_case_files_list_every_case_with_its_files(small_cohort: Path) -> None:
+    files = cohort_case_files(small_cohort)
+    truth = load_truth(small_cohort)
+    assert [f[0] for f in files] == sorted(truth["case_id"])
+    for case_id, image, label, site in files:
+        assert image.is_file() and label.is_file() and image.name == label.name
+        assert case_id == f"{site}/{image.name[: -len('.nii.gz')]}" and image.parent.parent.name == site
