@@ -48,6 +48,8 @@ def results_document(
     warnings = list(results.warnings)
     if n_failed_cases:
         warnings.insert(0, f"{n_failed_cases} case(s) failed and are listed under data quality; they are counted, not dropped")
+    if n_failed_cases and n_failed_cases == manifest["case_id"].nunique():
+        warnings.insert(0, "every case failed: no metric could be computed, so no estimate exists and every criterion is inconclusive")
     if synthetic_columns:
         warnings.append(f"columns {synthetic_columns} are synthetic (generated), not real patient data")
     return {

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
 from audit.fileio import atomic_write_text
 from audit.harmonize.labels import resolve_label_map
 from audit.ontology import COARSE_VALUES, LabelMap
+from audit.records import EVALUABLE_STATUSES
 from audit.report.figures import (
     OKABE_ITO,
     distribution_plot,
@@ -83,7 +85,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
     primary = primary if primary in metric_names else metric_names[0]
     higher = results["metrics"]["definitions"][primary]["higher_is_better"]
     margin = protocol["statistics"]["equivalence_margins"].get(primary)
-    estimates = pd.DataFrame(stats["group_estimates"])
+    estimates = _numeric(pd.DataFrame(stats["group_estimates"]), ("mean", "median", "sd", "ci_low", "ci_high"))
     folder = RunFolder(run_dir)
     cases = folder.read_metrics().merge(folder.read_manifest(), on="case_id", how="left")
     if "age_band" not in cases:
@@ -95,7 +97,9 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
     intersections = [a for a in axes if " x " in a]
     t0 = time.perf_counter()
     forests = {a: forest_plot(estimates, axis=a, metric=primary, structures=structures, margin=margin) for a in single_axes}
-    distributions = {b: distribution_plot(cases, by=b, metric=primary, structures=structures) for b in ("vendor", "field_strength") if b in cases}
+    scored = cases["status"].isin(EVALUABLE_STATUSES) & np.isfinite(cases["value"]) & (cases["metric"] == primary)
+    by = [b for b in ("vendor", "field_strength") if b in cases] if scored.any() else []  # no box plots when nothing was scored
+    distributions = {b: distribution_plot(cases, by=b, metric=primary, structures=structures) for b in by}
     heatmaps = {a: intersection_heatmap(estimates, axis=a, metric=primary, structures=structures) for a in intersections}
     gallery = _gallery(cases, protocol, primary, higher, results.get("model", {}).get("labels"))
     logger.info("report figures in %.2f s", time.perf_counter() - t0)
@@ -130,6 +134,12 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],
         **_limitations(results),
     }
+
+
+def _numeric(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Columns as floats: JSON null (no evaluable case) becomes NaN and ``"inf"`` becomes infinity."""
+    present = [c for c in columns if c in table]
+    return table.assign(**{c: pd.to_numeric(table[c], errors="coerce").astype(float) for c in present})
 
 
 def _criteria_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
