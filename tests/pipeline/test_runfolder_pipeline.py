@@ -99,8 +99,9 @@ def test_the_metric_cache_misses_when_the_settings_change(relative_run, tmp_path
     run = copy_of(relative_run[0], tmp_path)
     proto = small_demo_protocol()
     proto = dataclasses.replace(proto, metrics=dataclasses.replace(proto.metrics, names=("dice",), nsd_tolerances_mm=()))
-    run_audit(proto, run_dir=run, until="metrics")
+    run_audit(proto, run_dir=run, until="metrics")  # another protocol, from the first stage
     assert set(pd.read_csv(run / METRICS)["metric"]) == {"dice"}
+    assert not (run / RESULTS).exists() and not (run / REPORT).exists()  # the other protocol's outputs are gone
 
 
 def test_a_rerun_until_an_earlier_stage_removes_later_outputs(relative_run, tmp_path):
@@ -118,7 +119,7 @@ def test_from_a_stage_the_folder_lacks_exits_2_with_one_line(relative_run, tmp_p
     protocol = run / "protocol.yaml"
     result = CliRunner().invoke(app, ["run", str(protocol), "--out", str(run), "--from", "stats", "--quiet"])
     assert result.exit_code == 2, result.output
-    assert "--from stats needs the outputs of stage 'checks'" in result.output
+    assert "--from stats needs the outputs of stage 'checks'" in " ".join(result.output.split())  # rich wraps lines
 
 
 def test_from_a_later_stage_with_another_protocol_is_refused(relative_run, tmp_path):
@@ -134,6 +135,8 @@ def test_a_locked_folder_refuses_a_second_run(relative_run, tmp_path):
     with FolderLock(run / LOCK):
         with pytest.raises(LockedError, match="in use by process"):
             run_audit(small_demo_protocol(), run_dir=run, from_stage="stats")
+        result = CliRunner().invoke(app, ["run", str(run / "protocol.yaml"), "--out", str(run), "--from", "stats", "--quiet"])
+        assert result.exit_code == 2 and "in use by process" in " ".join(result.output.split()), result.output  # rich wraps lines
     assert (run / RESULTS).read_bytes() == before
 
 
