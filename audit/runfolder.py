@@ -181,9 +181,13 @@ class RunFolder:
     def state(self) -> dict[str, Any]:
         """``run.json``: ``protocol_sha256``, ``completed`` stages, ``cohort`` settings (empty when absent)."""
         try:
-            return json.loads(self.path(STATE).read_text(encoding="utf-8"))
+            state = json.loads(self.path(STATE).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as exc:  # treated as "no stage complete": --from a later stage is refused
+            logger.warning("run folder %s: %s unreadable (%s); no stage counts as complete", self.root, STATE, exc)
+            return {}
+        return state if isinstance(state, dict) else {}
 
     def _write_state(self, state: Mapping[str, Any]) -> None:
         atomic_write_text(self.path(STATE), json.dumps(state, indent=1, sort_keys=True))

@@ -146,3 +146,11 @@ def test_manifest_round_trip_keeps_text_as_text(tmp_path):
     back = folder.read_manifest()
     assert back.loc[0, "patient_id"] == "007" and back.loc[0, "scanner_model"] == "NA"
     assert back.loc[0, "image_path"] == str(tmp_path / "cohort" / "i.nii.gz") and back.loc[0, "prediction_path"] is None
+
+
+def test_an_unreadable_stage_record_counts_as_nothing_done(tmp_path):
+    folder = RunFolder(tmp_path)
+    (tmp_path / "run.json").write_text('{"completed": ["sites", "checks"')  # truncated by a crash of an older version
+    assert folder.completed() == ()
+    with pytest.raises(RunFolderError, match="needs the outputs of stage 'sites'"):
+        folder.begin(protocol_sha256="a" * 64, start="inference", until="report")
