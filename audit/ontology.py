@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 import numpy as np
@@ -45,6 +45,7 @@ __all__ = [
     "label_map_from_dict",
     "remap_labels",
     "coarse_of",
+    "is_annotated",
 ]
 
 COARSE_STRUCTURES: tuple[str, ...] = (
@@ -122,6 +123,23 @@ def structure(name: str) -> Structure:
 def coarse_of(name: str) -> str:
     """Return the coarse class of a structure (``"C5-C6"`` -> ``"intervertebral_disc"``)."""
     return structure(name).coarse
+
+
+def is_annotated(name: str, annotated: Iterable[str]) -> bool:
+    """True when a reference that annotates the structures ``annotated`` can score structure ``name``.
+
+    A structure is annotated when it is listed, and a coarse structure also when one of its levels is listed
+    (a per-level vertebra mask annotates ``vertebra``). A level is never implied by its coarse class: a
+    whole-spine ``vertebra`` mask says nothing about ``C5``.
+
+    Examples
+    --------
+    >>> is_annotated("intervertebral_disc", ["C5", "C5-C6"]), is_annotated("C5", ["vertebra"])
+    (True, False)
+    """
+    target = structure(name)
+    listed = set(annotated)
+    return name in listed or (not target.level and any(structure(a).coarse == name for a in listed))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from audit import provenance
-from audit.evaluate import EvaluationSettings, evaluate_case, metric_names
+from audit.evaluate import EvaluationSettings, evaluate_case, metric_names, not_annotated
 from audit.execution import map_cases
 from audit.metrics import EmptyPolicy, metric_spec
 from audit.protocol import Protocol, protocol_to_dict
@@ -174,6 +174,7 @@ def run_audit(
 
     checked_out: set[str] = set()
     site_maps = {c.name: c.label_map for c in configs}
+    site_annotates = {c.name: c.annotated_structures for c in configs}
     for i, r in enumerate(manifest.itertuples(index=False)):
         check = check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site)
         if check.failures:
@@ -229,6 +230,7 @@ def run_audit(
                 prediction_map=model.label_map,
                 settings=settings,
                 site=r.site,
+                annotated=site_annotates[r.site],
             ),
         )
         for r in evaluable
@@ -237,16 +239,19 @@ def run_audit(
     for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate_case, jobs, workers=workers))):
         evaluated[r.case_id] = result
         progress("metrics", i + 1, len(evaluable))
+    def skipped(site: str) -> tuple[str, ...]:  # structures the site does not annotate: not_assessed, never failed
+        return not_annotated(settings.structures, site_annotates.get(site))
+
     for row in rows:
         out = evaluated.get(row.case_id)
         if out is None:
             error = "; ".join(f.error for f in failures if f.case_id == row.case_id) or "no prediction"
             if row.case_id not in failed_ids:
                 failures.append(CaseFailure(case_id=row.case_id, stage="inference", error=error, error_type="MissingPrediction", site=row.site))
-            out = failed_case_rows(row.case_id, settings.structures, names, error)
+            out = failed_case_rows(row.case_id, settings.structures, names, error, not_assessed=skipped(row.site))
         elif isinstance(out, CaseFailure):
             failures.append(out)
-            out = failed_case_rows(row.case_id, settings.structures, names, out.error)
+            out = failed_case_rows(row.case_id, settings.structures, names, out.error, not_assessed=skipped(row.site))
         frames.append(out)
     # cases that failed before they had a manifest row stay visible as failed rows with Unknown metadata
     orphan = [f for f in failures if f.case_id not in set(manifest["case_id"])]
@@ -254,7 +259,7 @@ def run_audit(
         extra = _failed_manifest_rows(orphan, manifest)
         manifest = pd.concat([manifest, extra], ignore_index=True)
         for f, cid in zip(orphan, extra["case_id"]):
-            frames.append(failed_case_rows(cid, settings.structures, names, f.error))
+            frames.append(failed_case_rows(cid, settings.structures, names, f.error, not_assessed=skipped(f.site)))
     metric_table = validate_metric_table(pd.concat(frames, ignore_index=True))
     metric_table.to_csv(run_dir / "metrics.csv", index=False)
     manifest.to_csv(run_dir / "manifest.csv", index=False)

@@ -3,7 +3,8 @@
 The analysis table (metric table joined with the manifest) is pivoted once into a case x column
 matrix, one column per (structure, metric). Values count in estimates only for statuses ``ok``,
 ``missed`` and ``false_positive`` and only when finite; ``both_empty``, ``failed`` and non-finite values
-are counted per group instead (``n_both_empty``, ``n_failed``, ``n_nonfinite``).
+are counted per group instead (``n_both_empty``, ``n_failed``, ``n_nonfinite``); ``not_assessed`` rows (a structure the
+case's site does not annotate) belong to no count and no estimate of that structure.
 """
 
 from __future__ import annotations
