@@ -16,7 +16,7 @@ import yaml
 from audit.harmonize.labels import resolve_label_map
 from audit.harmonize.metadata import RAW_KEYS
 from audit.ontology import LabelMap, is_annotated, structure
-from audit.sites.base import COMMON_OPTIONS, get_adapter
+from audit.sites.base import COMMON_OPTIONS, SYMLINK_POLICIES, check_relative_pattern, get_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,13 @@ def load_site_config(
     bad = sorted(set(options) - set(allowed))
     if bad:
         raise SiteConfigError(f"{where}.options: format {adapter.name!r} allows {allowed}; found unexpected {bad}")
+    for key in sorted(adapter.path_options & set(options)):
+        try:
+            check_relative_pattern(str(options[key]))
+        except ValueError as exc:
+            raise SiteConfigError(f"{where}.options.{key}: {exc}") from None
+    if options.get("symlinks", "refuse") not in SYMLINK_POLICIES:
+        raise SiteConfigError(f"{where}.options.symlinks: allowed values are {list(SYMLINK_POLICIES)}; found {options['symlinks']!r}")
     age_policy = options.get("on_unparseable_age", "error")
     if age_policy not in ("error", "unknown"):
         raise SiteConfigError(f"{where}.options.on_unparseable_age: allowed 'error' or 'unknown'; found {age_policy!r}")
