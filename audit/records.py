@@ -41,6 +41,9 @@ __all__ = [
     "empty_metric_table",
     "failure_table",
     "validate_manifest",
+    "DEFAULT_AGE_BAND_EDGES",
+    "age_band_labels",
+    "age_bands",
     "validate_metric_table",
     "failed_case_rows",
     "not_assessed_rows",
@@ -105,6 +108,49 @@ STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty", "fa
 #: Statuses whose (finite) values enter estimates; ``both_empty`` and ``failed`` are counted instead, and
 #: ``not_assessed`` rows belong to no structure's statistics.
 EVALUABLE_STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive")
+
+#: Default age-band edges in years (the protocol's ``subgroups.age_bands``): 18-39, 40-59, 60-74, 75+.
+DEFAULT_AGE_BAND_EDGES: tuple[float, ...] = (18.0, 40.0, 60.0, 75.0, 120.0)
+
+
+def age_band_labels(edges: Iterable[float]) -> list[str]:
+    """Band labels from edges: [18, 40, 60, 75, 120] -> 18-39, 40-59, 60-74, 75+ (the last band open in its label).
+
+    Examples
+    --------
+    >>> age_band_labels([18, 40, 60, 120])
+    ['18-39', '40-59', '60+']
+    """
+    edges = [float(e) for e in edges]
+    return [f"{lo:g}+" if i == len(edges) - 2 else f"{lo:g}-{hi - 1:g}" for i, (lo, hi) in enumerate(zip(edges, edges[1:]))]
+
+
+def age_bands(ages: Iterable[Any], edges: Iterable[float]) -> np.ndarray:
+    """The age band of each age: the one rule used by ``sites check``, Table 1, the statistics and the report.
+
+    Bands are left-closed ``[lo, hi)``. A missing or non-numeric age, or one outside ``[edges[0], edges[-1])``,
+    is ``Unknown`` (so it is counted in its own group, never dropped). A redacted age (90 for ``>89``) falls in
+    the band holding 90.
+
+    Raises
+    ------
+    ValueError
+        If there are fewer than two edges or they are not strictly increasing.
+
+    Examples
+    --------
+    >>> age_bands([17.9, 18, 39.99, 75, 90, None, 120], [18, 40, 60, 75, 120]).tolist()
+    ['Unknown', '18-39', '18-39', '75+', '75+', 'Unknown', 'Unknown']
+    """
+    edges = [float(e) for e in edges]
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"edges: need at least two strictly increasing age edges; received {list(edges)}")
+    values = pd.to_numeric(pd.Series(list(ages), dtype=object), errors="coerce").to_numpy(dtype=float)
+    labels = np.asarray(age_band_labels(edges), dtype=object)
+    idx = np.searchsorted(np.asarray(edges), values, side="right") - 1
+    in_range = np.isfinite(values) & (idx >= 0) & (idx < len(labels))
+    return np.where(in_range, labels[np.clip(idx, 0, len(labels) - 1)], UNKNOWN).astype(object)
+
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "case_id",

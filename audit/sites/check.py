@@ -10,29 +10,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.harmonize.checks import DEFAULT_ATOL_DIRECTION, DEFAULT_ATOL_MM, check_case
-from audit.records import CaseFailure, ManifestRow
+from audit.records import DEFAULT_AGE_BAND_EDGES, CaseFailure, ManifestRow, age_bands
 from audit.sites.base import SiteDataError
 from audit.sites.config import SiteConfig
 from audit.sites.manifest import iter_site
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SiteCheckReport", "check_site", "age_band"]
+__all__ = ["SiteCheckReport", "check_site"]
 
 _COUNT_COLUMNS = ("vendor", "field_strength", "scanner_model", "sex", "race", "ethnicity", "age_band")
 _COMPLETENESS_COLUMNS = ("patient_id", "vendor", "field_strength", "scanner_model", "age_years", "sex", "race", "ethnicity")
-
-
-def age_band(age: float, edges: Sequence[float]) -> str:
-    """Label of the half-open band ``[a, b)`` holding ``age`` (``'<18'``, ``'18-40'``, ``'>=120'``, ``'Unknown'``)."""
-    if age is None or (isinstance(age, float) and math.isnan(age)):
-        return "Unknown"
-    if age < edges[0]:
-        return f"<{edges[0]:g}"
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        if lo <= age < hi:
-            return f"{lo:g}-{hi:g}"
-    return f">={edges[-1]:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +142,7 @@ def check_site(
     max_cases: int | None = None,
     atol_mm: float = DEFAULT_ATOL_MM,
     atol_direction: float = DEFAULT_ATOL_DIRECTION,
-    age_bands: Sequence[float] = (18.0, 40.0, 60.0, 75.0, 120.0),
+    age_band_edges: Sequence[float] = DEFAULT_AGE_BAND_EDGES,
 ) -> SiteCheckReport:
     """Check a site: manifest-level checks for every case, voxel-level checks (:func:`check_case`).
 
@@ -167,8 +155,9 @@ def check_site(
         Open at most this many cases (the manifest-level checks still cover all).
     atol_mm, atol_direction : float
         Geometry tolerances (see :mod:`audit.harmonize.checks`).
-    age_bands : sequence of float
-        Band edges in years for the age-band counts (the protocol default).
+    age_band_edges : sequence of float
+        Band edges in years for the age-band counts (the protocol's ``subgroups.age_bands``; the same rule,
+        :func:`audit.records.age_bands`, makes the report's bands).
     """
     failures: list[CaseFailure] = []
     rows: list[ManifestRow] = []
@@ -215,7 +204,7 @@ def check_site(
     counts: dict[str, dict[str, int]] = {}
     for column in _COUNT_COLUMNS:
         if column == "age_band":
-            values = [age_band(r.age_years, age_bands) for r in rows]
+            values = [str(b) for b in age_bands([r.age_years for r in rows], age_band_edges)]
         else:
             values = [str(getattr(r, column)) for r in rows]
         counts[column] = dict(collections.Counter(values))
