@@ -48,6 +48,8 @@ class SiteCheckReport:
         Cases per image orientation code (``'PIR'``, ...).
     metadata_warnings : Mapping[str, int]
         Unmapped metadata values and how many cases carry each.
+    annotates : tuple of str
+        Structures the site's reference standard annotates (site config ``annotates``).
     """
 
     site: str
@@ -62,6 +64,7 @@ class SiteCheckReport:
     counts: Mapping[str, Mapping[str, int]]
     orientations: Mapping[str, int]
     metadata_warnings: Mapping[str, int]
+    annotates: tuple[str, ...] = ()
 
     @property
     def errors(self) -> list[CaseFailure]:
@@ -80,7 +83,7 @@ class SiteCheckReport:
         """The report as ``(title, header, rows)`` tables; :meth:`render` and :meth:`to_rich` draw them."""
         n_ok = self.n_cases - len({f.case_id for f in self.failures if f.stage != "adapter"})
         summary = [
-            ["site", self.site], ["format", self.format], ["root", self.root],
+            ["site", self.site], ["format", self.format], ["root", self.root], ["annotates", ", ".join(self.annotates)],
             ["cases found", str(self.n_cases)], ["cases opened", str(self.n_checked)],
             ["cases passing all checks", str(max(n_ok, 0))], ["errors", str(len(self.errors))],
             ["status", "OK" if self.ok else "ERRORS"],
@@ -222,4 +225,5 @@ def check_site(
         counts=counts,
         orientations=dict(orientations),
         metadata_warnings=dict(warnings.most_common()),
+        annotates=config.annotated_structures,
     )

@@ -9,6 +9,7 @@ those must be ``not_assessed``, never false positives, and never enter the body'
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 
 from audit.cli import app
 from audit.ontology import COARSE_VALUES, get_label_map, remap_labels
-from audit.sites import SiteConfigError, load_site_config
+from audit.sites import SiteConfigError, check_site, load_site_config
 
 STRUCTURES = ("vertebral_body", "intervertebral_disc", "spinal_cord")
 MODEL_LABELS = {1: "vertebral_body", 2: "intervertebral_disc", 3: "spinal_canal", 4: "spinal_cord", 5: "vertebra"}
@@ -145,6 +146,8 @@ def test_annotates_defaults_to_the_label_map_structures(tmp_path):
     assert levels.annotated("vertebra") and levels.annotated("C5-C6") and not levels.annotated("vertebral_body")
     whole = load_site_config({"name": "w", "format": "nifti_table", "root": str(tmp_path), "label_map": "totalseg_mr"})
     assert whole.annotated("vertebra") and not whole.annotated("C5")  # a whole-spine mask says nothing about levels
+    declared = load_site_config({"name": "d", "format": "nifti_table", "root": str(tmp_path), "label_map": "tptbox_subregion", "annotates": ["spinal_cord"]})
+    assert re.search(r"^annotates +spinal_cord$", check_site(declared, load_voxels=False).render(), re.M)
 
 
 @pytest.mark.parametrize(
