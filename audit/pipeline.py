@@ -22,7 +22,7 @@ from audit import provenance
 from audit.evaluate import EvaluationSettings, evaluate_case, metric_names
 from audit.execution import map_cases
 from audit.metrics import EmptyPolicy, metric_spec
-from audit.protocol import Protocol, protocol_to_dict
+from audit.protocol import Protocol, protocol_to_dict, validate_against_manifest, validate_inputs
 from audit.results import results_document
 from audit.records import (
     MANIFEST_COLUMNS,
@@ -151,6 +151,7 @@ def run_audit(
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
+    validate_inputs(protocol)  # model path, site configs, roots, environment variables: before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "protocol.yaml").write_text(yaml.safe_dump(protocol_to_dict(protocol), sort_keys=False), encoding="utf-8")
 
@@ -164,6 +165,7 @@ def run_audit(
     failures = list(failures)
     manifest = validate_manifest(manifest)
     manifest.to_csv(run_dir / "manifest.csv", index=False)
+    validate_against_manifest(protocol, manifest)  # subgroup columns and groups exist: before inference
     progress("sites", 1, 1)
     logger.info("manifest: %d cases from %d sites, %d adapter failures", len(manifest), len(configs), len(failures))
     if until == "sites":

@@ -6,8 +6,10 @@ protocol's canonical form (defaults filled, keys sorted, compact JSON) goes into
 runs with the same hash were pre-registered identically.
 
 The ``sites`` and ``model`` sections are kept as validated-later mappings: their schemas belong to
-:mod:`audit.sites` and :mod:`audit.inference`, which check them with the same style of errors when
-the pipeline starts (:func:`audit.pipeline.resolve_protocol`).
+:mod:`audit.sites` and :mod:`audit.inference`. :func:`validate_inputs` checks them against the file system
+before the run folder is created, and :func:`validate_against_manifest` checks the columns the protocol names
+right after the sites stage (both in :mod:`audit.protocol_checks`). YAML duplicate keys are refused
+(:mod:`audit.yamlio`); numbers must be finite (``.nan`` and ``.inf`` are refused everywhere).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -25,6 +28,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from audit import ontology
+from audit.errors import ProtocolError
+from audit.protocol_checks import check_names, validate_against_manifest, validate_inputs
+from audit.yamlio import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +48,10 @@ __all__ = [
     "protocol_from_dict",
     "protocol_to_dict",
     "protocol_sha256",
+    "canonical_sha256",
+    "validate_inputs",
+    "validate_against_manifest",
 ]
-
-
-class ProtocolError(ValueError):
-    """A protocol file that does not follow the schema; the message names the field path."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +226,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProtocolError(f"{path}: expected a number; found {value!r}")
+        if not math.isfinite(value):
+            raise ProtocolError(f"{path}: expected a finite number; found {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -335,6 +342,7 @@ def _check_semantics(protocol: Protocol) -> None:
     for i, combo in enumerate(protocol.subgroups.intersections):
         if len(combo) < 2:
             raise ProtocolError(f"subgroups.intersections[{i}]: an intersection needs two or more columns; found {list(combo)}")
+    check_names(protocol)
 
 
 def protocol_from_dict(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Protocol:
@@ -353,16 +361,16 @@ def protocol_from_dict(data: Mapping[str, Any], *, base_dir: str | Path = ".") -
 
 
 def load_protocol(path: str | Path) -> Protocol:
-    """Read and validate a protocol YAML file (``yaml.safe_load``)."""
+    """Read and validate a protocol YAML file (a safe loader that refuses duplicate keys, :mod:`audit.yamlio`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ProtocolError(f"protocol file {str(path)!r} cannot be read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ProtocolError(f"protocol file {str(path)!r} is not valid YAML: {exc}") from None
+        raise ProtocolError(f"protocol file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, Mapping):
         raise ProtocolError(f"protocol file {str(path)!r}: expected a mapping at the top level; found {type(data).__name__}")
     return protocol_from_dict(data, base_dir=path.resolve().parent)
@@ -375,5 +383,14 @@ def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
 
 def protocol_sha256(protocol: Protocol) -> str:
     """sha256 of the canonical JSON form (sorted keys, compact separators, UTF-8)."""
-    blob = json.dumps(protocol_to_dict(protocol), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical_sha256(protocol_to_dict(protocol))
+
+
+def canonical_sha256(data: Mapping[str, Any]) -> str:
+    """sha256 of plain protocol data in canonical JSON form; equals :func:`protocol_sha256` for the canonical form.
+
+    The ``protocol.yaml`` of a run folder is the canonical form, so this checks it without validating it again
+    (``spine-audit verify`` compares it with ``protocol_sha256`` in results.json).
+    """
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -17,12 +17,30 @@ import os
 import re
 from collections.abc import Iterable
 
+from audit.errors import PrivacyError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["PSEUDONYM_KEY_ENV", "PSEUDONYM_HEX_CHARS", "PrivacyError", "pseudonymize", "identifying_columns", "assert_no_identifiers"]
+__all__ = [
+    "PSEUDONYM_KEY_ENV",
+    "PSEUDONYM_HEX_CHARS",
+    "IDENTIFIER_COLUMNS",
+    "PrivacyError",
+    "pseudonymize",
+    "pseudonymous_local_id",
+    "scrub_identifier",
+    "identifying_columns",
+    "is_identifier_or_path_column",
+    "assert_no_identifiers",
+]
 
 PSEUDONYM_KEY_ENV = "SPINE_AUDIT_PSEUDONYM_KEY"
 PSEUDONYM_HEX_CHARS = 20
+#: Manifest columns that identify a case, a patient or a file; never a subgroup axis (their values would be
+#: printed as group names in the report).
+IDENTIFIER_COLUMNS: tuple[str, ...] = ("case_id", "patient_id", "image_path", "label_path", "prediction_path")
+#: Column-name endings of identifiers and file paths (``study_id``, ``series_uid``, ``scan_path``, ``mask_file``).
+_ID_OR_PATH_SUFFIX = re.compile(r"(^|_)(id|ids|uid|path|paths|file|files|filename|dir|folder)$", re.IGNORECASE)
 
 _IDENTIFYING = re.compile(
     r"(^|_)(patient_?name|first_?name|last_?name|surname|given_?name|birth_?date|date_?of_?birth|dob|"
@@ -30,10 +48,6 @@ _IDENTIFYING = re.compile(
     r"other_?patient_?ids?|patient_?address|referring_?physician)($|_)",
     re.IGNORECASE,
 )
-
-
-class PrivacyError(ValueError):
-    """A configuration that would put identifying data in the manifest, or a missing pseudonym key."""
 
 
 def pseudonymize(value: str, *, key: str | bytes | None = None, namespace: str = "") -> str:
@@ -80,3 +94,42 @@ def assert_no_identifiers(columns: Iterable[str], *, where: str = "manifest") ->
     bad = identifying_columns(columns)
     if bad:
         raise PrivacyError(f"{where}: columns {bad} look identifying (names, birth dates, MRNs) and may not enter the manifest")
+
+
+def is_identifier_or_path_column(name: str) -> bool:
+    """Whether a column holds identifiers or file paths (by its name), so it may never be a subgroup axis.
+
+    Examples
+    --------
+    >>> [is_identifier_or_path_column(c) for c in ("patient_id", "scan_path", "PatientName", "vendor", "age_band")]
+    [True, True, True, False, False]
+    """
+    text = str(name)
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", text).replace(" ", "_").replace("-", "_")
+    return text in IDENTIFIER_COLUMNS or bool(_ID_OR_PATH_SUFFIX.search(snake)) or bool(identifying_columns([text]))
+
+
+def pseudonymous_local_id(local_id: str, *, site: str, key: str | bytes | None = None) -> str:
+    """The pseudonym that replaces a case's local id (the part of ``case_id`` after ``<site>/``).
+
+    Keyed like :func:`pseudonymize` but in its own namespace (``case:<site>``), so a case id and a patient id
+    that happen to be equal get different pseudonyms.
+
+    Examples
+    --------
+    >>> pseudonymous_local_id("MRN0012345_DOE", site="site-A", key="secret")
+    'c-4dc813be96ad04514723'
+    """
+    return "c-" + pseudonymize(local_id, key=key, namespace=f"case:{site}")
+
+
+def scrub_identifier(text: str, identifier: str, pseudonym: str) -> str:
+    """Replace every occurrence of ``identifier`` in ``text`` by ``pseudonym`` (error messages that quote an id
+    or a file named after it).
+
+    Examples
+    --------
+    >>> scrub_identifier("image file not found: /data/MRN001.nii.gz", "MRN001", "c-1f")
+    'image file not found: /data/c-1f.nii.gz'
+    """
+    return text.replace(identifier, pseudonym) if identifier else text

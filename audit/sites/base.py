@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from audit.errors import SiteDataError
 from audit.records import CaseFailure
 
 if TYPE_CHECKING:
@@ -37,10 +38,6 @@ __all__ = [
 
 #: Options every format accepts (see docs/sites.md).
 COMMON_OPTIONS: frozenset[str] = frozenset({"pseudonymize", "extra_columns", "on_unparseable_age"})
-
-
-class SiteDataError(ValueError):
-    """A problem with a whole site (missing metadata file, a mapped column absent), not with one case."""
 
 
 @dataclasses.dataclass(frozen=True)

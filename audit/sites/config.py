@@ -13,9 +13,11 @@ from typing import Any
 
 import yaml
 
+from audit.errors import SiteConfigError
 from audit.harmonize.labels import resolve_label_map
 from audit.harmonize.metadata import RAW_KEYS
 from audit.ontology import LabelMap
+from audit.yamlio import load_yaml
 from audit.sites.base import COMMON_OPTIONS, get_adapter
 
 logger = logging.getLogger(__name__)
@@ -24,10 +26,6 @@ __all__ = ["SiteConfig", "SiteConfigError", "load_site_config"]
 
 _TOP_KEYS = ("name", "format", "root", "label_map", "options", "defaults")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-class SiteConfigError(ValueError):
-    """A site config that does not follow the schema; the message names the field path."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +98,11 @@ def _read_source(source: str | Path | Mapping[str, Any], base_dir: Path | None) 
     path = Path(source)
     if not path.is_file():
         raise SiteConfigError(f"site config: file {path} not found")
-    with path.open(encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = load_yaml(handle)
+    except yaml.YAMLError as exc:
+        raise SiteConfigError(f"site config {path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, Mapping):
         raise SiteConfigError(f"site config {path}: expected a mapping at the top level; found {type(data).__name__}")
     return dict(data), (Path(base_dir) if base_dir is not None else path.parent).resolve(), path.resolve()
