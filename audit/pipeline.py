@@ -21,6 +21,7 @@ import yaml
 from audit import provenance
 from audit.evaluate import EvaluationSettings, evaluate_case, metric_names
 from audit.execution import map_cases
+from audit.harmonize.privacy import scrub_case_paths
 from audit.metrics import EmptyPolicy, metric_spec
 from audit.protocol import Protocol, protocol_to_dict, validate_against_manifest, validate_inputs
 from audit.results import results_document
@@ -258,6 +259,7 @@ def run_audit(
         for f, cid in zip(orphan, extra["case_id"]):
             frames.append(failed_case_rows(cid, settings.structures, names, f.error))
     metric_table = validate_metric_table(pd.concat(frames, ignore_index=True))
+    failures, metric_table = scrub_case_paths(failures, metric_table, manifest, [c.name for c in configs if c.option("pseudonymize", False)])
     metric_table.to_csv(run_dir / "metrics.csv", index=False)
     manifest.to_csv(run_dir / "manifest.csv", index=False)
     failure_table(failures).to_csv(run_dir / "failures.csv", index=False)

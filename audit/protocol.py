@@ -286,6 +286,7 @@ _METADATA_AXES = ("site", "vendor", "field_strength", "sex", "race", "ethnicity"
 
 
 def _check_semantics(protocol: Protocol) -> None:
+    check_names(protocol)  # metric names, duplicates, resample bounds, identifier columns (audit.protocol_checks)
     if not protocol.structures:
         raise ProtocolError("structures: at least one structure is required")
     for i, name in enumerate(protocol.structures):
@@ -342,7 +343,6 @@ def _check_semantics(protocol: Protocol) -> None:
     for i, combo in enumerate(protocol.subgroups.intersections):
         if len(combo) < 2:
             raise ProtocolError(f"subgroups.intersections[{i}]: an intersection needs two or more columns; found {list(combo)}")
-    check_names(protocol)
 
 
 def protocol_from_dict(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Protocol:

@@ -15,9 +15,15 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from audit.errors import PrivacyError
+from audit.records import CaseFailure
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,8 @@ __all__ = [
     "pseudonymize",
     "pseudonymous_local_id",
     "scrub_identifier",
+    "pseudonymous_failure",
+    "scrub_case_paths",
     "identifying_columns",
     "is_identifier_or_path_column",
     "assert_no_identifiers",
@@ -133,3 +141,72 @@ def scrub_identifier(text: str, identifier: str, pseudonym: str) -> str:
     'image file not found: /data/c-1f.nii.gz'
     """
     return text.replace(identifier, pseudonym) if identifier else text
+
+
+def pseudonymous_failure(failure: CaseFailure, site: str, *, key: str | bytes | None = None) -> CaseFailure:
+    """A site-stage failure of a pseudonymizing site with its local id replaced, in ``case_id`` and in the message.
+
+    Placeholder ids such as ``site/<row 3>`` (a row without an id) are kept as they are.
+
+    Examples
+    --------
+    >>> f = CaseFailure("s/MRN001", "adapter", "image file not found: /d/MRN001.nii.gz", "MissingImage", "s")
+    >>> pseudonymous_failure(f, "s", key="k").error
+    'image file not found: /d/c-e8d753673a149b03e008.nii.gz'
+    """
+    prefix = f"{site}/"
+    local = failure.case_id[len(prefix):] if failure.case_id.startswith(prefix) else ""
+    if not local or local.startswith("<"):
+        return failure
+    pseudonym = pseudonymous_local_id(local, site=site, key=key)
+    return dataclasses.replace(failure, case_id=prefix + pseudonym, error=scrub_identifier(failure.error, local, pseudonym))
+
+
+def _case_paths(manifest: pd.DataFrame, sites: Iterable[str]) -> dict[str, str]:
+    """``{path: "<case_id> image"}`` for the image, label and prediction paths of the given sites' cases."""
+    chosen = set(sites)
+    labels: dict[str, str] = {}
+    if not chosen or manifest.empty:
+        return labels
+    rows = manifest[manifest["site"].isin(chosen)]
+    for role, column in (("image", "image_path"), ("label", "label_path"), ("prediction", "prediction_path")):
+        if column not in rows:
+            continue
+        for case_id, path in zip(rows["case_id"], rows[column]):
+            if isinstance(path, str) and path:
+                labels[path] = f"<{case_id} {role}>"
+    return labels
+
+
+def scrub_case_paths(
+    failures: Sequence[CaseFailure], metric_table: pd.DataFrame, manifest: pd.DataFrame, sites: Iterable[str]
+) -> tuple[list[CaseFailure], pd.DataFrame]:
+    """Replace the file paths of pseudonymizing sites' cases in failure messages by ``<case_id role>``.
+
+    A file named after a patient (``/data/MRN001_DOE/t2.nii.gz``) would otherwise carry the identifier into
+    failures.csv, metrics.csv, results.json and the report through an error message that quotes its path.
+
+    Returns
+    -------
+    failures : list of CaseFailure
+        With scrubbed messages.
+    metric_table : pandas.DataFrame
+        A copy whose ``error`` column is scrubbed the same way.
+    """
+    labels = _case_paths(manifest, sites)
+    if not labels:
+        return list(failures), metric_table
+    ordered = sorted(labels, key=len, reverse=True)  # a longer path first, so no prefix of it is replaced alone
+
+    def scrub(text: object) -> object:
+        if not isinstance(text, str):
+            return text
+        for path in ordered:
+            if path in text:
+                text = text.replace(path, labels[path])
+        return text
+
+    table = metric_table.copy()
+    if "error" in table:
+        table["error"] = table["error"].map(scrub)
+    return [dataclasses.replace(f, error=scrub(f.error)) for f in failures], table
