@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -179,6 +180,17 @@ class Protocol:
 # Generic strict conversion of plain YAML data into the dataclasses above.
 
 
+#: Largest protocol file read (a protocol is a few kilobytes).
+MAX_PROTOCOL_BYTES = 1 << 20
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 5, 5, 5, 40, 40
+
+
+def _show(value: Any) -> str:
+    """A bounded repr of a value found in a protocol (a hostile value can be huge)."""
+    return _REPR.repr(value)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -199,7 +211,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return value
     if origin is Literal:
         if value not in args:
-            raise ProtocolError(f"{path}: allowed values are {list(args)}; found {value!r}")
+            raise ProtocolError(f"{path}: allowed values are {list(args)}; found {_show(value)}")
         return value
     if origin in (Union, types.UnionType):
         errors = []
@@ -208,39 +220,39 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 return _convert(value, option, path)
             except ProtocolError as exc:
                 errors.append(str(exc))
-        raise ProtocolError(f"{path}: expected {_type_name(tp)}; found {value!r}")
+        raise ProtocolError(f"{path}: expected {_type_name(tp)}; found {_show(value)}")
     if tp is type(None):
         if value is not None:
-            raise ProtocolError(f"{path}: expected null; found {value!r}")
+            raise ProtocolError(f"{path}: expected null; found {_show(value)}")
         return None
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ProtocolError(f"{path}: expected true or false; found {value!r}")
+            raise ProtocolError(f"{path}: expected true or false; found {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ProtocolError(f"{path}: expected an integer; found {value!r}")
+            raise ProtocolError(f"{path}: expected an integer; found {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProtocolError(f"{path}: expected a number; found {value!r}")
+            raise ProtocolError(f"{path}: expected a number; found {_show(value)}")
         if not math.isfinite(value):
-            raise ProtocolError(f"{path}: expected a finite number; found {value!r}")
+            raise ProtocolError(f"{path}: expected a finite number; found {_show(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ProtocolError(f"{path}: expected a string; found {value!r}")
+            raise ProtocolError(f"{path}: expected a string; found {_show(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ProtocolError(f"{path}: expected a list; found {value!r}")
+            raise ProtocolError(f"{path}: expected a list; found {_show(value)}")
         item_tp = args[0]
         return tuple(_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
     if origin in (Mapping, dict):
         if not isinstance(value, Mapping):
-            raise ProtocolError(f"{path}: expected a mapping; found {value!r}")
+            raise ProtocolError(f"{path}: expected a mapping; found {_show(value)}")
         key_tp, val_tp = args
         return types.MappingProxyType(
             {_convert(k, key_tp, f"{path}"): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
@@ -251,7 +263,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 def _build(cls: type, data: Any, path: str) -> Any:
     where = path or "protocol"
     if not isinstance(data, Mapping):
-        raise ProtocolError(f"{where}: expected a mapping; found {data!r}")
+        raise ProtocolError(f"{where}: expected a mapping; found {_show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
     unknown = sorted(set(data) - set(fields))
@@ -364,8 +376,11 @@ def load_protocol(path: str | Path) -> Protocol:
     """Read and validate a protocol YAML file (a safe loader that refuses duplicate keys, :mod:`audit.yamlio`)."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_PROTOCOL_BYTES:
+            raise ProtocolError(f"protocol file {str(path)!r} has {size:,} bytes; a protocol is at most {MAX_PROTOCOL_BYTES:,}")
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"protocol file {str(path)!r} cannot be read: {exc}") from None
     try:
         data = load_yaml(text)

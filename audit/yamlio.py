@@ -4,7 +4,9 @@ PyYAML keeps the last of two equal keys silently (``alpha: 0.05`` then ``alpha: 
 protocol or site config could say two things and mean the second. :class:`UniqueKeyLoader` raises instead,
 naming the key and both line numbers. It is a ``SafeLoader``: tags such as ``!!python/object`` are refused
 as before. Every YAML file the package reads (protocols, site configs, model configs) goes through
-:func:`load_yaml`.
+:func:`load_yaml`, which also refuses documents that expand, through aliases, to more than
+:data:`MAX_VALUES` values ("billion laughs": nine nested aliases of nine items each are 387 million strings
+to any code that walks them) or nest deeper than :data:`MAX_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from typing import IO, Any
 
 import yaml
 
-__all__ = ["UniqueKeyLoader", "load_yaml"]
+__all__ = ["MAX_DEPTH", "MAX_VALUES", "UniqueKeyLoader", "load_yaml"]
+
+#: Most values (scalars, lists, mappings, counting every alias use) a configuration document may hold.
+MAX_VALUES = 100_000
+#: Deepest nesting of lists and mappings a configuration document may have.
+MAX_DEPTH = 50
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -59,4 +66,26 @@ def load_yaml(stream: str | bytes | IO[str] | IO[bytes]) -> Any:
     yaml.constructor.ConstructorError: duplicate key 'alpha' (first at line 1, again at line 2)
     ...
     """
-    return yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506 - UniqueKeyLoader is a SafeLoader
+    try:
+        data = yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506 - UniqueKeyLoader is a SafeLoader
+    except RecursionError:
+        raise yaml.YAMLError(f"the document nests deeper than Python can parse (at most {MAX_DEPTH} levels are allowed)") from None
+    _check_size(data)
+    return data
+
+
+def _check_size(data: Any) -> None:
+    """Walk the loaded document (aliases counted at every use) and stop at the first excess; cost <= MAX_VALUES."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise yaml.YAMLError(f"the document holds more than {MAX_VALUES:,} values (aliases expanded); a configuration is far smaller")
+        if depth > MAX_DEPTH:
+            raise yaml.YAMLError(f"the document nests more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for pair in value.items() for v in pair)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
