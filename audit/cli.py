@@ -125,6 +125,8 @@ def _run(protocol, run_dir: Path, device: str, workers: int, until: str, quiet: 
 
     if until not in STAGES:
         raise UserError(f"--until: allowed values are {list(STAGES)}; found {until!r}")
+    if workers < 1:
+        raise UserError(f"--workers: must be at least 1; found {workers}")
     if fail_on_criteria and until not in _JUDGED_STAGES:
         raise UserError(f"--fail-on-criteria: the criteria are judged in the stats stage; use --until stats or report, not {until!r}")
     command = "spine-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -167,10 +169,10 @@ def _run(protocol, run_dir: Path, device: str, workers: int, until: str, quiet: 
 @app.command()
 @_errors
 def run(
-    protocol: Path = typer.Argument(..., dir_okay=False, help="Protocol YAML file."),
+    protocol: Path = typer.Argument(..., help="Protocol YAML file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/<name>-<time>)."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
-    workers: int = typer.Option(1, min=1, help="Parallel workers for loading and metrics."),
+    workers: int = typer.Option(1, help="Parallel workers for loading and metrics (at least 1)."),
     until: str = typer.Option("report", help="Last stage: sites, inference, metrics, stats, report."),
     fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
@@ -189,7 +191,7 @@ def run(
 @_errors
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/demo-<time>)."),
-    cases: Optional[int] = typer.Option(None, "--cases", "-n", min=8, help="Number of synthetic cases (default: the demo protocol's)."),
+    cases: Optional[int] = typer.Option(None, "--cases", "-n", help="Number of synthetic cases, at least 8 (default: the demo protocol's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Cohort seed (default: the demo protocol's)."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
     fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
@@ -203,6 +205,8 @@ def demo(
     from audit.protocol import load_protocol
 
     _setup_logging(verbose)
+    if cases is not None and cases < 8:
+        raise UserError(f"--cases: must be at least 8 (two per site); found {cases}")
     proto = load_protocol(demo_protocol_path())
     cohort = proto.synthetic_cohort
     assert cohort is not None  # the demo protocol always has one
@@ -225,7 +229,7 @@ def demo_protocol_path() -> Path:
 @sites_app.command("check")
 @_errors
 def sites_check(
-    config: Path = typer.Argument(..., dir_okay=False, help="Site config YAML."),
+    config: Path = typer.Argument(..., help="Site config YAML."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
@@ -243,7 +247,8 @@ def sites_check(
 def _run_folder(run_dir: Path, needs: tuple[str, ...], command: str) -> Path:
     """A run folder that holds ``needs``; an :class:`IncompleteRunError` that says what to do otherwise."""
     if not run_dir.is_dir():
-        raise IncompleteRunError(f"run folder {str(run_dir)!r} does not exist (give the --out folder of a `spine-audit run`)")
+        state = "is not a folder" if run_dir.exists() else "does not exist"
+        raise IncompleteRunError(f"run folder {str(run_dir)!r} {state} (give the --out folder of a `spine-audit run`)")
     missing = [name for name in needs if not (run_dir / name).is_file()]
     if missing:
         raise IncompleteRunError(
@@ -256,7 +261,7 @@ def _run_folder(run_dir: Path, needs: tuple[str, ...], command: str) -> Path:
 @app.command()
 @_errors
 def report(
-    run_dir: Path = typer.Argument(..., file_okay=False, help="A run folder with results.json."),
+    run_dir: Path = typer.Argument(..., help="A run folder with results.json."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Re-render report.html from a run folder."""
@@ -270,9 +275,9 @@ def report(
 @app.command()
 @_errors
 def package(
-    run_dir: Path = typer.Argument(..., file_okay=False, help="A finished run folder (with report.html)."),
+    run_dir: Path = typer.Argument(..., help="A finished run folder (with report.html)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Zip path (default <run>/evidence-package.zip)."),
-    key: Optional[Path] = typer.Option(None, "--key", dir_okay=False, help=_KEY_HELP),
+    key: Optional[Path] = typer.Option(None, "--key", help=_KEY_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Write the evidence package (report, results, tables, protocol, de-identified manifest, checksums)."""
@@ -290,8 +295,8 @@ def package(
 @app.command()
 @_errors
 def verify(
-    zip_path: Path = typer.Argument(..., dir_okay=False, help="An evidence package (zip) written by `spine-audit package`."),
-    key: Optional[Path] = typer.Option(None, "--key", dir_okay=False, help=_KEY_HELP),
+    zip_path: Path = typer.Argument(..., help="An evidence package (zip) written by `spine-audit package`."),
+    key: Optional[Path] = typer.Option(None, "--key", help=_KEY_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Check an evidence package's checksums and contents; exit status 1 when anything is wrong."""
@@ -300,7 +305,8 @@ def verify(
 
     _setup_logging(False)
     if not zip_path.is_file():
-        raise UserError(f"evidence package {str(zip_path)!r} does not exist")
+        state = "is not a file" if zip_path.exists() else "does not exist"
+        raise UserError(f"evidence package {str(zip_path)!r} {state}")
     secret = read_key(key) if key is not None else None
     result = verify_package(zip_path, key=secret)
     if result.ok:
@@ -314,7 +320,7 @@ def verify(
 @app.command()
 @_errors
 def compare(
-    runs: list[Path] = typer.Argument(..., file_okay=False, help="Two or more run folders of the same protocol and cases; the first is the baseline."),
+    runs: list[Path] = typer.Argument(..., help="Two or more run folders of the same protocol and cases; the first is the baseline."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file for the comparison table."),
     references: bool = typer.Option(False, "--references", help="The runs score one model against different reference label sets."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),

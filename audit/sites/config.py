@@ -97,11 +97,11 @@ def _read_source(source: str | Path | Mapping[str, Any], base_dir: Path | None) 
         return data, base, None
     path = Path(source)
     if not path.is_file():
-        raise SiteConfigError(f"site config: file {path} not found")
+        raise SiteConfigError(f"site config: file {path} {'is not a file' if path.exists() else 'not found'}")
     try:
         with path.open(encoding="utf-8") as handle:
             data = load_yaml(handle)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SiteConfigError(f"site config {path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, Mapping):
         raise SiteConfigError(f"site config {path}: expected a mapping at the top level; found {type(data).__name__}")
