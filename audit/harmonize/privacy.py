@@ -146,7 +146,8 @@ def scrub_identifier(text: str, identifier: str, pseudonym: str) -> str:
 def pseudonymous_failure(failure: CaseFailure, site: str, *, key: str | bytes | None = None) -> CaseFailure:
     """A site-stage failure of a pseudonymizing site with its local id replaced, in ``case_id`` and in the message.
 
-    Placeholder ids such as ``site/<row 3>`` (a row without an id) are kept as they are.
+    Placeholder ids such as ``site/<row 3>`` (a row without an id) are kept as they are. Without a key the id is
+    withheld (``site/<id withheld: no pseudonym key>``), never shown.
 
     Examples
     --------
@@ -158,7 +159,10 @@ def pseudonymous_failure(failure: CaseFailure, site: str, *, key: str | bytes | 
     local = failure.case_id[len(prefix):] if failure.case_id.startswith(prefix) else ""
     if not local or local.startswith("<"):
         return failure
-    pseudonym = pseudonymous_local_id(local, site=site, key=key)
+    try:
+        pseudonym = pseudonymous_local_id(local, site=site, key=key)
+    except PrivacyError:  # no key (sites check, library use): withhold the id rather than show it
+        pseudonym = "<id withheld: no pseudonym key>"
     return dataclasses.replace(failure, case_id=prefix + pseudonym, error=scrub_identifier(failure.error, local, pseudonym))
 
 
