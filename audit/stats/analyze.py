@@ -36,6 +36,7 @@ from audit.stats.groups import (
     prepare,
 )
 from audit.stats.intervals import PROPORTION_INTERVALS
+from audit.stats.sitelevel import CONFOUNDED, site_level_columns
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ class StatsResults:
         return json_ready({**tables, "criteria": self.criteria, "warnings": list(self.warnings), "settings": dict(self.settings)})
 
 
+def _axis_columns(subgroups: SubgroupSettings) -> list[str]:
+    """Every manifest column an axis of ``subgroups`` uses (intersections included), in order."""
+    return list(dict.fromkeys([*subgroups.columns, *(c for combo in subgroups.intersections for c in combo)]))
+
+
 def _axes(subgroups: SubgroupSettings) -> list[tuple[str, str | tuple[str, ...]]]:
     axes: list[tuple[str, str | tuple[str, ...]]] = [(c, c) for c in subgroups.columns]
     axes += [(INTERSECTION_SEP.join(combo), tuple(combo)) for combo in subgroups.intersections]
@@ -74,12 +80,13 @@ def _axes(subgroups: SubgroupSettings) -> list[tuple[str, str | tuple[str, ...]]
 
 
 def _tests_description(statistics: StatisticsSettings) -> dict[str, str]:
+    site_level = {"site-level axes": "Welch t-test on site means (unit: site); 'confounded with site' (not tested) when a level has fewer than 2 sites",
+                  "worst_vs_best": "simultaneous intervals over all pairs of groups: max-T cluster bootstrap (patient-level axes) or "
+                                   "Bonferroni-Welch on site means (site-level axes); the p-value is the adjusted p of the same pair"}  # fmt: skip
     if statistics.gap_test == "permutation":
         n = statistics.permutation_iterations
-        return {"all metrics": f"two-sided permutation test of the difference of patient means ({n} relabellings, exact when fewer exist)",
-                "worst_vs_best": f"permutation test of the between-group sum of squares ({n} relabellings)"}  # fmt: skip
-    return {"bounded metrics": "Welch t-test on patient means", "distance metrics": "Mann-Whitney U on patient means",
-            "worst_vs_best": "Alexander-Govern (bounded) or Kruskal-Wallis (distance) across groups"}  # fmt: skip
+        return {"all metrics": f"two-sided permutation test of the difference of patient means ({n} relabellings, exact when fewer exist)", **site_level}
+    return {"bounded metrics": "Welch t-test on patient means", "distance metrics": "Mann-Whitney U on patient means", **site_level}
 
 
 def analyze(
@@ -142,11 +149,15 @@ def analyze(
         failure_interval=failure_interval,
     )  # fmt: skip
     everyone = np.ones(len(prepared.cases), dtype=bool)
-    overall = group_result(prepared, everyone, axis="overall", group="all", rng=np.random.default_rng(seeds[0]), strata=prepared.cases["site"], **common)
+    sites = prepared.cases["site"]
+    overall = group_result(prepared, everyone, axis="overall", group="all", rng=np.random.default_rng(seeds[0]), strata=sites, **common)
+    merged_strata = {"overall": overall.merged_strata} if overall.merged_strata else {}
+    site_level = site_level_columns(prepared.cases, _axis_columns(subgroups))
     estimate_tables = []
     gap_rows: list[dict] = []
     equivalence_rows: list[dict] = []
     power_rows: list[dict] = []
+    unit_rows: list[dict] = []
     notes: list[str] = []
     for (name, columns), seed, permutation_seed in zip(_axes(subgroups), seeds[1 : 1 + n_axes], permutation_seeds):
         rng = np.random.default_rng(seed)
@@ -158,14 +169,20 @@ def analyze(
         results: list[GroupResult] = []
         for g in sorted(set(labels)):
             mask = labels == g
-            result = group_result(prepared, mask, axis=name, group=str(g), rng=rng, **common)
+            # stratified by site: the intervals are about these sites (each site's share of the group held fixed)
+            result = group_result(prepared, mask, axis=name, group=str(g), rng=rng, strata=sites, **common)
             results.append(dataclasses.replace(result, known=not bool(unknown[mask].any())))
+            if result.merged_strata:
+                merged_strata[f"{name}={g}"] = result.merged_strata
         estimate_tables.extend(r.table for r in results)
+        axis_site_level = any(c in site_level for c in ([columns] if isinstance(columns, str) else columns))
+        unit_rows.append({"axis": name, "unit": "site" if axis_site_level else "patient",
+                          "site_level_columns": [c for c in ([columns] if isinstance(columns, str) else columns) if c in site_level]})  # fmt: skip
         gaps, equiv, power = axis_gaps(
             name, results, prepared.columns, reference=subgroups.reference_groups.get(name), level=level, alpha=statistics.alpha,
             min_group_size=statistics.min_group_size, margins=statistics.equivalence_margins, higher_is_better=higher_is_better,
             signed=signed, gap_test=statistics.gap_test, n_permutations=statistics.permutation_iterations,
-            rng=np.random.default_rng(permutation_seed),
+            rng=np.random.default_rng(permutation_seed), site_level=axis_site_level,
         )  # fmt: skip
         gap_rows += gaps
         equivalence_rows += equiv
@@ -186,6 +203,9 @@ def analyze(
     acceptance_table = evaluate_acceptance(
         acceptance, overall=overall_table, group_estimates=estimates, gaps=gaps_table, structures=structures, min_group_size=statistics.min_group_size
     )
+    notes += _site_level_notes(unit_rows, gaps_table)
+    for where, merged in merged_strata.items():
+        notes.append(f"{where}: site(s) {', '.join(merged)} have fewer than 2 patients; merged with other sites for the site-stratified bootstrap")
     warnings = notes + _warnings(prepared, estimates, statistics.min_group_size) + adjusted_notes
     settings = {
         "unit": "patient (cluster bootstrap; repeated exams of a patient resampled together)",
@@ -201,6 +221,9 @@ def analyze(
         "failure_interval": failure_interval,
         "gap_test": statistics.gap_test,
         "tests": _tests_description(statistics),
+        "axis_units": unit_rows,
+        "population": "these sites: every estimate, gap and test is about the sampled sites (bootstrap stratified by site); "
+                      "new-site prediction intervals are in new_site",
     }  # fmt: skip
     return StatsResults(
         overall=overall_table,
@@ -213,6 +236,22 @@ def analyze(
         warnings=tuple(warnings),
         settings=settings,
     )
+
+
+def _site_level_notes(unit_rows: Sequence[Mapping[str, Any]], gaps: pd.DataFrame) -> list[str]:
+    """One plain line per site-level axis, naming the levels confounded with a single site."""
+    out = []
+    for row in unit_rows:
+        if row["unit"] != "site":
+            continue
+        sub = gaps[(gaps["axis"] == row["axis"]) & (gaps["status"] == CONFOUNDED)]
+        lonely = sorted({str(g) for g in sub["group"]} | {str(r) for r in sub.loc[sub["n_sites_reference"] < 2, "reference"]})
+        line = (f"{row['axis']} is a property of sites ({', '.join(row['site_level_columns'])} constant within every site): its levels are "
+                f"compared with the site as the unit (Welch on site means, n = number of sites)")  # fmt: skip
+        if lonely:
+            line += f"; level(s) {', '.join(lonely)} occur at a single site: confounded with site, not tested"
+        out.append(line)
+    return out
 
 
 def _registry_flags(metrics: Sequence[str]) -> dict[str, tuple[bool, bool]]:

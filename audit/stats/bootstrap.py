@@ -22,7 +22,54 @@ __all__ = [
     "jackknife_means",
     "percentile_interval",
     "bca_interval",
+    "merge_small_strata",
+    "MIN_STRATUM_PATIENTS",
 ]
+
+#: A stratum needs at least this many patients to be resampled on its own: a one-patient stratum is the same
+#: patient in every resample and would add no variance (intervals too narrow). Smaller strata are merged.
+MIN_STRATUM_PATIENTS = 2
+
+
+def merge_small_strata(strata: np.ndarray, min_size: int = MIN_STRATUM_PATIENTS) -> tuple[np.ndarray, list[int]]:
+    """Merge strata with fewer than ``min_size`` patients so that every stratum varies across resamples.
+
+    All small strata are pooled into one; if that pool still has fewer than ``min_size`` patients it joins
+    the smallest adequate stratum; if no stratum is adequate every patient lands in one stratum.
+
+    Parameters
+    ----------
+    strata : numpy.ndarray
+        (P,) integer stratum code of each patient.
+    min_size : int
+        Smallest stratum resampled on its own.
+
+    Returns
+    -------
+    tuple
+        The new codes (P,) and the sorted list of the original codes that were merged.
+
+    Examples
+    --------
+    >>> codes, merged = merge_small_strata(np.array([0, 0, 0, 1, 2, 2]))
+    >>> codes.tolist(), merged
+    ([0, 0, 0, 2, 2, 2], [1])
+    """
+    strata = np.asarray(strata)
+    labels, sizes = np.unique(strata, return_counts=True)
+    small = labels[sizes < min_size]
+    if small.size == 0:
+        return strata.copy(), []
+    out = strata.copy()
+    is_small = np.isin(strata, small)
+    adequate = labels[sizes >= min_size]
+    if is_small.sum() >= min_size or adequate.size == 0:
+        target = small[0] if adequate.size else labels[0]
+        out[is_small if adequate.size else np.ones_like(is_small)] = target
+    else:  # one patient alone: join the smallest stratum that can be resampled
+        target = adequate[np.argmin(sizes[sizes >= min_size])]
+        out[is_small] = target
+    return out, [int(v) for v in small]
 
 
 def patient_weights(rng: np.random.Generator, n_patients: int, n_resamples: int) -> np.ndarray:
