@@ -36,6 +36,7 @@ from audit.stats.groups import (
     prepare,
 )
 from audit.stats.intervals import PROPORTION_INTERVALS
+from audit.stats.meta import new_site_table
 from audit.stats.sitelevel import CONFOUNDED, site_level_columns
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class StatsResults:
     power: pd.DataFrame
     adjusted: pd.DataFrame
     acceptance: pd.DataFrame
+    new_site: pd.DataFrame
     warnings: tuple[str, ...]
     settings: Mapping[str, Any]
 
@@ -64,7 +66,7 @@ class StatsResults:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (NaN -> null, inf -> "inf")."""
-        tables = {name: getattr(self, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance")}
+        tables = {name: getattr(self, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance", "new_site")}
         return json_ready({**tables, "criteria": self.criteria, "warnings": list(self.warnings), "settings": dict(self.settings)})
 
 
@@ -199,9 +201,12 @@ def analyze(
     estimates["is_reference"] = estimates["is_reference"].astype("boolean").fillna(False).astype(bool)
     estimates = estimates.reindex(columns=list(ESTIMATE_COLUMNS))
     overall_table = overall.table.assign(mdd=np.nan, is_reference=False).reindex(columns=list(ESTIMATE_COLUMNS))
+    new_site, new_site_notes = new_site_table(overall.patient_means, overall.patient_sites, prepared.columns, level=level)
+    notes += new_site_notes
     adjusted, adjusted_notes = adjusted_effects(table, settings=statistics.adjusted_model, structures=structures, bounded=bounded, level=level)
     acceptance_table = evaluate_acceptance(
-        acceptance, overall=overall_table, group_estimates=estimates, gaps=gaps_table, structures=structures, min_group_size=statistics.min_group_size
+        acceptance, overall=overall_table, group_estimates=estimates, gaps=gaps_table, structures=structures, min_group_size=statistics.min_group_size,
+        new_site=new_site,
     )
     notes += _site_level_notes(unit_rows, gaps_table)
     for where, merged in merged_strata.items():
@@ -233,6 +238,7 @@ def analyze(
         power=power_table,
         adjusted=adjusted.reindex(columns=list(ADJUSTED_COLUMNS)),
         acceptance=acceptance_table.reindex(columns=list(ACCEPTANCE_COLUMNS)),
+        new_site=new_site,
         warnings=tuple(warnings),
         settings=settings,
     )
