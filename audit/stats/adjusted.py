@@ -124,12 +124,12 @@ def _plain_messages(caught: Sequence[warnings.WarningMessage]) -> list[str]:
     for w in caught:
         name = type(w.message).__name__
         text = str(w.message)
-        if name in _PLAIN:
-            out.append(_PLAIN[name])
+        if "boundary" in text:
+            out.append("a variance component is estimated at its boundary (0)")
         elif "not positive definite" in text or "singular" in text.lower():
             out.append("a variance estimate sits at the edge of its range (singular covariance): standard errors may be unreliable")
-        elif "boundary" in text:
-            out.append("a variance component is estimated at its boundary (0)")
+        elif name in _PLAIN:
+            out.append(_PLAIN[name])
         elif name != "RuntimeWarning":
             out.append(f"numerical note from the fitting library ({name})")
     return list(dict.fromkeys(out))

@@ -201,7 +201,8 @@ def analyze(
     estimates["is_reference"] = estimates["is_reference"].astype("boolean").fillna(False).astype(bool)
     estimates = estimates.reindex(columns=list(ESTIMATE_COLUMNS))
     overall_table = overall.table.assign(mdd=np.nan, is_reference=False).reindex(columns=list(ESTIMATE_COLUMNS))
-    new_site, new_site_notes = new_site_table(overall.patient_means, overall.patient_sites, prepared.columns, level=level)
+    meta_scales = {m: "logit" if bounded.get(m) else "log" if not higher_is_better[m] and m not in signed else "identity" for m in metrics}
+    new_site, new_site_notes = new_site_table(overall.patient_means, overall.patient_sites, prepared.columns, level=level, scales=meta_scales)
     notes += new_site_notes
     adjusted, adjusted_notes = adjusted_effects(table, settings=statistics.adjusted_model, structures=structures, bounded=bounded, level=level)
     acceptance_table = evaluate_acceptance(
@@ -209,8 +210,10 @@ def analyze(
         new_site=new_site,
     )
     notes += _site_level_notes(unit_rows, gaps_table)
-    for where, merged in merged_strata.items():
-        notes.append(f"{where}: site(s) {', '.join(merged)} have fewer than 2 patients; merged with other sites for the site-stratified bootstrap")
+    if merged_strata:
+        listed = ", ".join(list(merged_strata)[:5]) + (f" and {len(merged_strata) - 5} more" if len(merged_strata) > 5 else "")
+        notes.append(f"site-stratified bootstrap: in {len(merged_strata)} estimate(s) ({listed}) a site had fewer than 2 patients and was "
+                     f"resampled together with other sites (settings.merged_strata lists them)")  # fmt: skip
     warnings = notes + _warnings(prepared, estimates, statistics.min_group_size) + adjusted_notes
     settings = {
         "unit": "patient (cluster bootstrap; repeated exams of a patient resampled together)",
@@ -227,6 +230,7 @@ def analyze(
         "gap_test": statistics.gap_test,
         "tests": _tests_description(statistics),
         "axis_units": unit_rows,
+        "merged_strata": {k: list(v) for k, v in merged_strata.items()},
         "population": "these sites: every estimate, gap and test is about the sampled sites (bootstrap stratified by site); "
                       "new-site prediction intervals are in new_site",
     }  # fmt: skip

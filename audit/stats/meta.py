@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ from scipy import stats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["reml_tau2", "random_effects", "site_summaries", "new_site_table", "NEW_SITE_COLUMNS", "MIN_SITES_FOR_PI", "NEW_SITE"]
+__all__ = ["SCALES", "reml_tau2", "random_effects", "site_summaries", "new_site_table", "NEW_SITE_COLUMNS", "MIN_SITES_FOR_PI", "NEW_SITE"]
 
 #: The prediction interval needs ``k - 2 >= 1`` degrees of freedom.
 MIN_SITES_FOR_PI = 3
@@ -42,7 +42,7 @@ AVERAGE_SITE = "the average site (population of sites like these)"
 
 NEW_SITE_COLUMNS = (
     "structure", "metric", "n_sites", "n_patients", "pooled_mean", "ci_low", "ci_high", "ci_population", "tau2", "tau", "i2",
-    "pi_low", "pi_high", "population", "method", "note",
+    "pi_low", "pi_high", "population", "scale", "method", "note",
 )  # fmt: skip
 
 
@@ -159,8 +159,36 @@ def site_summaries(patient_means: np.ndarray, patient_sites: np.ndarray) -> pd.D
     return out.reset_index()
 
 
+#: Scales of the meta-analysis: logit for metrics bounded in [0, 1], log for positive distances, else none.
+SCALES = ("logit", "log", "identity")
+
+
+def _transform(scale: str, mean: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Site means and variances on the analysis scale (delta method: ``v / g'(m)^-2``)."""
+    if scale == "logit":
+        return np.log(mean / (1 - mean)), v / (mean * (1 - mean)) ** 2
+    if scale == "log":
+        return np.log(mean), v / mean**2
+    return mean, v
+
+
+def _back(scale: str, x: float) -> float:
+    if not np.isfinite(x):
+        return x
+    if scale == "logit":
+        return float(1.0 / (1.0 + math.exp(-x)))
+    if scale == "log":
+        return float(math.exp(x))
+    return float(x)
+
+
 def new_site_table(
-    patient_means: np.ndarray, patient_sites: np.ndarray, columns: Sequence[tuple[str, str]], *, level: float
+    patient_means: np.ndarray,
+    patient_sites: np.ndarray,
+    columns: Sequence[tuple[str, str]],
+    *,
+    level: float,
+    scales: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The new-site table: one random-effects meta-analysis per (structure, metric) column.
 
@@ -174,6 +202,12 @@ def new_site_table(
         The K columns.
     level : float
         Level of the intervals.
+    scales : mapping, optional
+        Analysis scale per metric (:data:`SCALES`; default ``identity``). As for the C-statistic in Riley et al.
+        (2016), a bounded metric is pooled on the logit scale and a positive distance on the log scale, and the
+        pooled value and both intervals are transformed back, so they stay inside the metric's range (the pooled
+        value is then the back-transformed mean of the transformed site means). A column whose site means
+        reach the edge of the scale (a mean Dice of exactly 1) is pooled on the identity scale, and says so.
 
     Returns
     -------
@@ -187,14 +221,25 @@ def new_site_table(
         note = ""
         if len(usable) < len(summary):
             note = f"{len(summary) - len(usable)} site(s) without a usable within-site variance left out"
-        res = random_effects(usable["mean"].to_numpy(), usable["v"].to_numpy(), level=level)
+        scale = (scales or {}).get(metric, "identity")
+        if scale not in SCALES:
+            raise ValueError(f"scales.{metric}: allowed values are {list(SCALES)}; found {scale!r}")
+        mean, var = usable["mean"].to_numpy(dtype=float), usable["v"].to_numpy(dtype=float)
+        inside = np.all((mean > 0) & (mean < 1)) if scale == "logit" else np.all(mean > 0) if scale == "log" else True
+        if not inside:
+            note = "; ".join(filter(None, [note, f"a site mean is at the edge of the {scale} scale: pooled on the original scale"]))
+            scale = "identity"
+        y, v = _transform(scale, mean, var)
+        res = random_effects(y, v, level=level)
+        for key in ("mu", "ci_low", "ci_high", "pi_low", "pi_high"):
+            res[key] = _back(scale, res[key])
         if res["k"] < MIN_SITES_FOR_PI:
             note = "; ".join(filter(None, [note, f"{res['k']} site(s): a new-site prediction interval needs at least {MIN_SITES_FOR_PI}"]))
         rows.append(dict(structure=structure, metric=metric, n_sites=int(res["k"]), n_patients=int(usable["n"].sum()), pooled_mean=res["mu"],
                          ci_low=res["ci_low"], ci_high=res["ci_high"], ci_population=AVERAGE_SITE, tau2=res["tau2"],
                          tau=math.sqrt(res["tau2"]) if np.isfinite(res["tau2"]) else math.nan, i2=res["i2"], pi_low=res["pi_low"],
-                         pi_high=res["pi_high"], population=NEW_SITE,
-                         method=f"random-effects meta-analysis of site means: REML tau^2, Hartung-Knapp CI (t, k-1 df), prediction interval (t, k-2 df)",
+                         pi_high=res["pi_high"], population=NEW_SITE, scale=scale,
+                         method="random-effects meta-analysis of site means: REML tau^2, Hartung-Knapp CI (t, k-1 df), prediction interval (t, k-2 df)",
                          note=note))  # fmt: skip
     thin = sorted({r["n_sites"] for r in rows if r["n_sites"] < MIN_SITES_FOR_PI})
     if rows and thin:
