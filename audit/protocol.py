@@ -108,6 +108,8 @@ class StatisticsSettings:
     failure_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     failure_interval: Literal["wilson", "clopper_pearson"] = "wilson"
     gap_test: Literal["auto", "permutation"] = "auto"
+    #: How failed cases count in acceptance criteria: scored at the metric's worst value (default) or left out.
+    failure_policy: Literal["worst_value", "complete_case"] = "worst_value"
     permutation_iterations: int = 10_000
     adjusted_model: AdjustedModelSettings = dataclasses.field(default_factory=AdjustedModelSettings)
 

@@ -31,14 +31,17 @@ __all__ = ["evaluate_acceptance", "criterion_status", "ACCEPTANCE_COLUMNS", "NEW
 #: The acceptance scope judged on the prediction interval for a new site.
 NEW_SITE_SCOPE = "new_site"
 
-ACCEPTANCE_COLUMNS = ("id", "description", "metric", "structure", "scope", "group", "estimate", "bound", "operator", "threshold", "value", "status", "reason")
+ACCEPTANCE_COLUMNS = ("id", "description", "metric", "structure", "scope", "group", "estimate", "bound", "operator", "threshold", "value", "status", "reason",
+                      "value_complete_case", "status_complete_case", "population")  # fmt: skip
 _OPS = {">=": operator.ge, "<=": operator.le}
 _FIELDS = {"mean": ("mean", "ci_low", "ci_high"), "median": ("median", None, None), "failure_rate": ("failure_rate", "failure_ci_low", "failure_ci_high")}
 
 
 def _row(crit: AcceptanceCriterion, structure: str, group: str, value: float, status: str, reason: str) -> dict:
+    population = NEW_SITE if crit.scope == NEW_SITE_SCOPE else "these sites"
     return dict(id=crit.id, description=crit.description, metric=crit.metric, structure=structure, scope=crit.scope, group=group,
-                estimate=crit.estimate, bound=crit.bound, operator=crit.operator, threshold=crit.threshold, value=value, status=status, reason=reason)  # fmt: skip
+                estimate=crit.estimate, bound=crit.bound, operator=crit.operator, threshold=crit.threshold, value=value, status=status, reason=reason,
+                population=population)  # fmt: skip
 
 
 def _judge(crit: AcceptanceCriterion, value: float) -> tuple[str, str]:

@@ -36,7 +36,7 @@ INTERSECTION_SEP = " x "
 ESTIMATE_COLUMNS = (
     "axis", "group", "structure", "metric", "n_cases", "n_patients", "n_failed", "n_both_empty", "n_nonfinite",
     "mean", "median", "sd", "ci_low", "ci_high", "ci_method", "failure_rate", "failure_ci_low", "failure_ci_high",
-    "mdd", "descriptive_only", "is_reference",
+    "mdd", "descriptive_only", "is_reference", "population",
 )  # fmt: skip
 
 
