@@ -72,14 +72,15 @@ def merge_small_strata(strata: np.ndarray, min_size: int = MIN_STRATUM_PATIENTS)
     return out, [int(v) for v in small]
 
 
-def patient_weights(rng: np.random.Generator, n_patients: int, n_resamples: int) -> np.ndarray:
+def patient_weights(rng: np.random.Generator, n_patients: int, n_resamples: int, n_draws: int | None = None) -> np.ndarray:
     """Draw counts ``W`` (n_resamples x n_patients): patient ``j`` drawn ``W[b, j]`` times in resample ``b``.
 
-    Each row sums to ``n_patients`` (a bootstrap sample of the same size as the data).
+    Each row sums to ``n_draws`` (default ``n_patients``: a bootstrap sample of the same size as the data).
     """
     if n_patients < 1:
         raise ValueError(f"n_patients: must be at least 1; found {n_patients}")
-    draws = rng.integers(0, n_patients, size=(n_resamples, n_patients))
+    n_draws = n_patients if n_draws is None else int(n_draws)
+    draws = rng.integers(0, n_patients, size=(n_resamples, n_draws))
     offsets = (np.arange(n_resamples) * n_patients)[:, None]
     counts = np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_patients)
     return counts.reshape(n_resamples, n_patients).astype(np.float64)
@@ -104,7 +105,10 @@ def cluster_bootstrap_means(
     rng : numpy.random.Generator
         Seeded generator.
     strata : numpy.ndarray, optional
-        (P,) stratum label of each patient; patients are resampled within strata.
+        (P,) stratum label of each patient; patients are resampled within strata. With two or more strata each
+        stratum of ``n_h >= 2`` patients gets ``n_h - 1`` draws weighted ``n_h / (n_h - 1)`` (rescaling bootstrap,
+        McCarthy and Snowden 1985), so small strata do not make the interval too narrow; merge strata of one
+        patient first (:func:`merge_small_strata`).
 
     Returns
     -------
@@ -119,9 +123,15 @@ def cluster_bootstrap_means(
         strata = np.zeros(sums.shape[0], dtype=np.int64)
     numerator = np.zeros((n_resamples, sums.shape[1]))
     denominator = np.zeros((n_resamples, sums.shape[1]))
+    stratified = np.unique(strata).size > 1
     for stratum in np.unique(strata):
         idx = np.flatnonzero(strata == stratum)
-        weights = patient_weights(rng, idx.size, n_resamples)
+        if stratified and idx.size >= 2:
+            # n_h - 1 draws rescaled by n_h / (n_h - 1) (McCarthy and Snowden 1985): an unbiased variance of the
+            # stratum mean even for small strata, where n_h draws understate it by the factor (n_h - 1) / n_h
+            weights = patient_weights(rng, idx.size, n_resamples, idx.size - 1) * (idx.size / (idx.size - 1))
+        else:
+            weights = patient_weights(rng, idx.size, n_resamples)
         numerator += weights @ sums[idx]
         denominator += weights @ counts[idx]
     with np.errstate(invalid="ignore", divide="ignore"):
