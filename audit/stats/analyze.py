@@ -162,7 +162,7 @@ def analyze(
         acceptance_table = combine_acceptance(worst_table, acceptance_table)
         notes.append(imputed_note)
     else:
-        acceptance_table = combine_acceptance(acceptance_table, acceptance_table)
+        acceptance_table = combine_acceptance(acceptance_table, acceptance_table, imputed=False)
     warnings = notes + _warnings(prepared, main.estimates, statistics.min_group_size) + adjusted_notes
     settings = {
         "unit": "patient (cluster bootstrap; repeated exams of a patient resampled together)",
@@ -282,7 +282,9 @@ def _estimate(
     gaps_table = pd.DataFrame(gap_rows, columns=[c for c in GAP_COLUMNS if c not in ("p_holm", "p_fdr_bh", "p_adjusted", "significant")])
     gaps_table = adjust_pvalues(gaps_table, statistics.multiplicity, statistics.alpha)
     power_table = pd.DataFrame(power_rows, columns=list(POWER_COLUMNS))
-    estimates = pd.concat(estimate_tables, ignore_index=True) if estimate_tables else pd.DataFrame(columns=list(ESTIMATE_COLUMNS))
+    later = ("mdd", "is_reference", "population")  # added below
+    estimates = (pd.concat(estimate_tables, ignore_index=True) if estimate_tables
+                 else pd.DataFrame(columns=[c for c in ESTIMATE_COLUMNS if c not in later]))  # fmt: skip
     keys = ["axis", "group", "structure", "metric"]
     estimates = estimates.merge(power_table[[*keys, "mdd"]], on=keys, how="left")
     refs = gaps_table.loc[gaps_table["comparison"] == "vs_reference", ["axis", "reference", "structure", "metric"]].drop_duplicates()

@@ -81,11 +81,12 @@ def impute_failures(
     return dataclasses.replace(prepared, values=values, evaluable=evaluable, failed=prepared.failed & ~fill), note
 
 
-def combine_acceptance(policy: pd.DataFrame, complete_case: pd.DataFrame) -> pd.DataFrame:
+def combine_acceptance(policy: pd.DataFrame, complete_case: pd.DataFrame, *, imputed: bool = True) -> pd.DataFrame:
     """Acceptance rows under the failure policy with the complete-case value and status beside them.
 
     Both tables come from the same criteria, structures and groups in the same order. A row's ``status`` is
-    the worse of the two (fail > inconclusive > pass); the reason says when the complete-case result differs.
+    the worse of the two (fail > inconclusive > pass); when failed cases were scored (``imputed``) the reason
+    ends with the complete-case value and status.
     """
     if len(policy) != len(complete_case) or not (policy[["id", "structure"]].to_numpy() == complete_case[["id", "structure"]].to_numpy()).all():
         raise ValueError("combine_acceptance: the two acceptance tables do not list the same criteria rows in the same order")
@@ -94,7 +95,7 @@ def combine_acceptance(policy: pd.DataFrame, complete_case: pd.DataFrame) -> pd.
     out["value_complete_case"] = cc["value"].to_numpy()
     out["status_complete_case"] = cc["status"].to_numpy()
     worse = [a if _RANK[a] >= _RANK[b] else b for a, b in zip(out["status"], cc["status"])]
-    changed = out["status"].to_numpy() != np.asarray(worse)
-    out["reason"] = [r + (f"; complete case: {c}" if ch else "") for r, c, ch in zip(out["reason"], cc["status"], changed)]
+    if imputed:
+        out["reason"] = [f"failed cases at the worst value: {r}; complete case: {v:.4g}, {c}" for r, v, c in zip(out["reason"], cc["value"], cc["status"])]
     out["status"] = worse
     return out
