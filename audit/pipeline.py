@@ -307,6 +307,7 @@ def run_audit(
             "power": results.power,
             "adjusted": results.adjusted,
             "acceptance": results.acceptance,
+            "new_site": results.new_site,
             "table1": table1,
         },
     )
