@@ -84,7 +84,8 @@ def _site_values(g: GroupResult, k: int) -> np.ndarray:
     return np.array(list(group_site_means(g.patient_means[:, k], g.patient_sites).values()), dtype=float)
 
 
-def _not_tested(small: bool) -> str:
+def _untested_status(small: bool) -> str:
+    """Status of a comparison that is not made: a group below min_group_size, else a level confounded with its site."""
     return f"{NOT_TESTED} (fewer than min_group_size patients)" if small else CONFOUNDED
 
 
@@ -161,8 +162,8 @@ def axis_gaps(
                 stat, p = two_group_test(g_means, ref_means, test, rng=rng, n_permutations=n_permutations)
             gaps.append(
                 dict(**base, comparison="vs_reference", difference=difference, diff_ci_low=float(lo), diff_ci_high=float(hi),
-                     ratio=ratio, ratio_ci_low=rlo, ratio_ci_high=rhi, test=test if not small else _not_tested(True),
-                     statistic=stat, p_value=p, descriptive_only=small, status=_not_tested(True) if small else TESTED, unit=unit,
+                     ratio=ratio, ratio_ci_low=rlo, ratio_ci_high=rhi, test=test if not small else _untested_status(True),
+                     statistic=stat, p_value=p, descriptive_only=small, status=_untested_status(True) if small else TESTED, unit=unit,
                      n_sites_group=_n_sites(g, k), n_sites_reference=_n_sites(ref, k), population=THESE_SITES)
             )  # fmt: skip
             sd_g = float(np.std(g_means, ddof=1)) if g_means.size > 1 else math.nan
@@ -181,7 +182,7 @@ def axis_gaps(
                 equivalent = bool(not small and np.isfinite(elo) and -m < elo and ehi < m)
                 equivalence.append(
                     dict(**base, margin=m, difference=difference, ci_low=float(elo), ci_high=float(ehi), p_tost=p_tost, equivalent=equivalent,
-                         descriptive_only=small, status=_not_tested(True) if small else TESTED, unit=unit, population=THESE_SITES)
+                         descriptive_only=small, status=_untested_status(True) if small else TESTED, unit=unit, population=THESE_SITES)
                 )  # fmt: skip
         # worst versus best among known groups large enough to test (and, site-level, with at least two sites)
         eligible = [g for g in groups if g.known and g.n_patients[k] >= min_group_size]
@@ -207,7 +208,7 @@ def _site_level_rows(base: dict, g: GroupResult, k: int, ref_sites: np.ndarray, 
     confounded = min(g_sites.size, ref_sites.size) < MIN_SITES_PER_LEVEL
     diff, lo, hi, stat, p = welch_site_gap(g_sites, ref_sites, level)
     untested = small or confounded
-    status = _not_tested(small) if untested else TESTED
+    status = _untested_status(small) if untested else TESTED
     if untested:
         lo = hi = stat = p = math.nan
     with np.errstate(invalid="ignore", divide="ignore"):
