@@ -6,9 +6,9 @@ Categorical factors use the largest level as reference; ``Unknown`` is kept as a
 bounded metrics (Dice, IoU, NSD) a second fit on the logit scale is reported, for other (skewed) metrics a
 rank-based fit on rank-inverse-normal scores.
 
-Before every fit the design is checked against the site indicators (:mod:`audit.stats.identify`): site-level
-terms (constant within site) need between-site degrees of freedom; when they have none they are shown as
-``not identifiable`` with no estimate and the model keeps the patient-level terms. Identified site-level terms
+Before every fit the design is checked against the site indicators (:mod:`audit.stats.identify`): a level seen at
+a single site is confounded with that site, and site-level terms (constant within site) need between-site degrees
+of freedom; both are shown as ``not identifiable`` with no estimate, and the model keeps the other terms. Identified site-level terms
 use Student-t with the between-site degrees of freedom. After the fit, a REML log-likelihood that is flat in the
 site variance makes the site-level terms not identifiable as well. With fewer than three sites (or when the
 mixed model cannot be fitted) OLS with site as a fixed effect is used: HC3 standard errors without repeated
@@ -35,6 +35,7 @@ from audit.stats.identify import (
     between_site_df,
     cr2_covariance,
     flat_site_variance,
+    single_site_indicators,
     site_level_design_columns,
 )
 
@@ -153,6 +154,13 @@ def _identified(
     site_cols = site_level_design_columns(design, sites)
     dropped: dict[str, str] = {}
     if n_sites >= 3:
+        lonely = single_site_indicators(design, sites, site_cols)
+        for c, site in lonely.items():
+            dropped[c] = f"not identifiable: this level occurs at a single {groups} ({site}), so its effect is confounded with that {groups}"
+        if lonely:
+            notes.append(f"{len(lonely)} site-level level(s) occur at a single {groups} and are shown without estimates (confounded with site)")
+            design = design.drop(columns=list(lonely))
+            site_cols = [c for c in site_cols if c not in lonely]
         bdf = between_site_df(design, sites, site_cols)
         if site_cols and bdf < 1:
             for c in site_cols:

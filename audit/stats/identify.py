@@ -1,5 +1,7 @@
 """Identifiability checks before an adjusted fit, and small-sample cluster-robust standard errors.
 
+* **A level at a single site.** A 0/1 design column that is 1 at one site only (Philips seen at one hospital) is
+  that site's effect plus the level's: confounded with the site, not identifiable.
 * **Site-level fixed effects.** A design column that lies in the span of the site indicators (vendor, field
   strength: constant within site) is estimated only from differences between sites. With a random site
   intercept it is identified only when the number of sites exceeds the rank of ``[intercept, site-level
@@ -25,7 +27,7 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["site_level_design_columns", "between_site_df", "flat_site_variance", "cr2_covariance", "MIN_CLUSTERS", "FLAT_LOGLIK"]
+__all__ = ["site_level_design_columns", "single_site_indicators", "between_site_df", "flat_site_variance", "cr2_covariance", "MIN_CLUSTERS", "FLAT_LOGLIK"]
 
 #: Fewest clusters for which a cluster-robust (CR2) standard error is reported.
 MIN_CLUSTERS = 10
@@ -59,6 +61,27 @@ def site_level_design_columns(design: pd.DataFrame, groups: np.ndarray) -> list[
         coef, *_ = np.linalg.lstsq(s, x, rcond=None)
         if np.linalg.norm(x - s @ coef) <= _RTOL * max(1.0, np.linalg.norm(x)):
             out.append(name)
+    return out
+
+
+def single_site_indicators(design: pd.DataFrame, groups: np.ndarray, site_columns: list[str]) -> dict[str, str]:
+    """Site-level 0/1 columns that are 1 at exactly one group (a level seen at one site): ``{column: site}``.
+
+    Examples
+    --------
+    >>> X = pd.DataFrame({"vendor[T.B]": [0, 0, 1, 1.0, 0, 0], "vendor[T.C]": [1, 1, 0, 0, 0, 0.0]})
+    >>> single_site_indicators(X, np.array(["s1", "s1", "s2", "s2", "s3", "s3"]), ["vendor[T.B]", "vendor[T.C]"])
+    {'vendor[T.B]': 's2', 'vendor[T.C]': 's1'}
+    """
+    groups = np.asarray(groups)
+    out = {}
+    for c in site_columns:
+        x = design[c].to_numpy(dtype=float)
+        if not np.isin(x, (0.0, 1.0)).all():
+            continue
+        where = pd.unique(groups[x == 1.0])
+        if where.size == 1:
+            out[c] = str(where[0])
     return out
 
 

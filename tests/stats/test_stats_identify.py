@@ -52,15 +52,33 @@ def test_design_columns_in_the_span_of_the_site_indicators():
     assert between_site_df(design, table["site"].to_numpy(), cols) == 0  # 4 sites, rank 4 with the intercept
 
 
-def test_site_level_terms_spanning_the_sites_are_not_identifiable_and_have_no_estimate():
-    """Issue 12: in the demo the Philips p-value ran from 6e-65 to 0.06 along a flat likelihood; now no estimate."""
+def test_levels_at_a_single_site_are_confounded_and_get_no_estimate():
+    """The demo's design: GE and Philips each at one site are confounded with it (no estimate); field strength
+    (1.5 T at two sites) is identified from 4 - 2 = 2 between-site degrees of freedom. Issue 12: the Philips p-value
+    ran from 6e-65 to 0.06 along a flat likelihood."""
     table, notes = adjusted(demo_like_sites(seed=1))
+    for term in ("vendor: GE vs Siemens", "vendor: Philips vs Siemens"):
+        assert table.loc[term, "status"] == "not identifiable" and np.isnan(table.loc[term, ["estimate", "p_value"]].astype(float)).all()
+        assert "single site" in table.loc[term, "note"]
+    field = table.loc["field_strength: 3T vs 1.5T"] if "field_strength: 3T vs 1.5T" in table.index else table.loc["field_strength: 1.5T vs 3T"]
+    assert field["status"] == "estimated" and field["df"] == 2 and field["unit"] == "site"
+    assert table.loc["sex", "status"] == "estimated" and np.isfinite(table.loc["sex", "p_value"])
+    assert any("occur at a single site" in n for n in notes)
+    assert not any("Warning:" in n for n in notes)  # plain sentences, never the library's warning text
+
+
+def test_site_level_terms_spanning_the_sites_are_not_identifiable_and_have_no_estimate():
+    """4 sites, each vendor and field strength at two sites, plus a numeric field strength: [intercept, vendor,
+    field strength, field strength in T] span the 4 sites (no between-site degree of freedom left)."""
+    sites = {"s1": ("A", "3T"), "s2": ("A", "1.5T"), "s3": ("B", "3T"), "s4": ("B", "1.5T")}
+    frame = demo_like_sites(seed=8, sites=sites)
+    frame["field_strength_t"] = frame["site"].map({"s1": 3.0, "s2": 1.5, "s3": 2.9, "s4": 1.0})
+    table, notes = adjusted(frame, factors=("vendor", "field_strength", "field_strength_t", "sex"))
     site_terms = [t for t in table.index if t.startswith(("vendor", "field_strength"))]
     assert len(site_terms) == 3
     assert (table.loc[site_terms, "status"] == "not identifiable").all() and table.loc[site_terms, ["estimate", "p_value"]].isna().all().all()
     assert table.loc["sex", "status"] == "estimated" and np.isfinite(table.loc["sex", "p_value"])
     assert any("not identifiable with 4 sites" in n for n in notes)
-    assert not any("Warning:" in n for n in notes)  # plain sentences, never the library's warning text
 
 
 def test_flat_likelihood_is_detected_on_the_unidentified_fit():
