@@ -16,7 +16,7 @@ from statsmodels.stats.power import TTestIndPower
 from audit.stats.bootstrap import cluster_bootstrap_means
 from audit.stats.gaps import GAP_COLUMNS, adjust_pvalues, axis_gaps, holm
 from audit.stats.groups import GroupResult, Prepared, group_result
-from audit.stats.maxt import largest_gap
+from audit.stats.maxt import largest_gap, max_t_pairwise
 
 COLUMNS = (("vertebral_body", "dice"),)
 
@@ -135,3 +135,17 @@ def test_stratified_bootstrap_with_a_one_patient_site_keeps_its_coverage():
     rescaled (n_h - 1 draws) stratified bootstrap: with n_h draws this setting covered 0.917."""
     coverage = coverage_for_these_sites({"a": 6, "b": 6, "c": 6, "lonely": 1}, reps=300, seed=6)
     assert coverage >= 0.92, coverage
+
+
+def test_max_t_p_value_resolves_below_the_bootstrap_resolution_and_agrees_with_the_interval():
+    """A gap of about 8 standard errors: the p-value is far below 1 / (B + 1) (the union bound of the same tail), so Holm
+    over a family of hundreds of tests still finds it; intervals that exclude 0 go with p < 0.05 and vice versa."""
+    rng = np.random.default_rng(8)
+    values = [rng.normal(m, 0.03, 20) for m in (0.88, 0.87, 0.80)]
+    boot = np.column_stack([cluster_bootstrap_means(v[:, None], np.ones((20, 1)), n_resamples=500, rng=rng)[:, 0] for v in values])
+    est = np.array([v.mean() for v in values])
+    _, _, _, lo, hi, p = largest_gap(est, boot, 0.95, higher=True, n=np.full(3, 20))
+    assert hi < 0 and p < 1e-4  # 1 / (B + 1) would be 0.002
+    out = max_t_pairwise(est, boot, 0.95, np.full(3, 20))
+    excludes = (out["ci_low"] > 0) | (out["ci_high"] < 0)
+    assert (excludes == (out["p"] < 0.05)).all()
