@@ -260,8 +260,9 @@ def group_result(
                 "mean": float(estimate[k]),
                 "median": float(np.median(col)) if col.size else math.nan,
                 "sd": float(np.std(col, ddof=1)) if col.size > 1 else math.nan,
-                "ci_low": float(lo[k]),
-                "ci_high": float(hi[k]),
+                # one patient: every resample is that patient, a zero-width "interval" that says nothing
+                "ci_low": float(lo[k]) if n_patients[k] >= 2 else math.nan,
+                "ci_high": float(hi[k]) if n_patients[k] >= 2 else math.nan,
                 "ci_method": f"cluster bootstrap ({'BCa' if method == 'bca' and n_pat > 2 else 'percentile'}, {n_resamples} resamples, patients)",
                 "failure_rate": fr,
                 "failure_ci_low": flo,

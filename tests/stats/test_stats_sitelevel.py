@@ -130,3 +130,11 @@ def test_star_import_exports_every_public_name():
     import audit.stats
 
     assert set(audit.stats.__all__) <= set(namespace)
+
+
+def test_a_one_patient_group_has_no_interval():
+    """A resampled single patient is a zero-width 'interval': the estimate stays, its CI is undefined."""
+    table = pd.concat([analysis_table_with_gap(20, seed=1), analysis_table_with_gap(1, groups=("Solo",), seed=2)], ignore_index=True)
+    est = run(table).group_estimates.set_index("group")
+    assert np.isfinite(est.loc["Solo", "mean"]) and np.isnan([est.loc["Solo", "ci_low"], est.loc["Solo", "ci_high"]]).all()
+    assert np.isfinite(est.loc["A", "ci_low"])
