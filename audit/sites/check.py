@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.harmonize.checks import DEFAULT_ATOL_DIRECTION, DEFAULT_ATOL_MM, check_case
+from audit.harmonize.loading import ReadLimits
 from audit.records import CaseFailure, ManifestRow
 from audit.sites.base import SiteDataError
 from audit.sites.config import SiteConfig
@@ -155,6 +156,7 @@ def check_site(
     atol_mm: float = DEFAULT_ATOL_MM,
     atol_direction: float = DEFAULT_ATOL_DIRECTION,
     age_bands: Sequence[float] = (18.0, 40.0, 60.0, 75.0, 120.0),
+    limits: ReadLimits | None = None,
 ) -> SiteCheckReport:
     """Check a site: manifest-level checks for every case, voxel-level checks (:func:`check_case`).
 
@@ -169,6 +171,9 @@ def check_site(
         Geometry tolerances (see :mod:`audit.harmonize.checks`).
     age_bands : sequence of float
         Band edges in years for the age-band counts (the protocol default).
+    limits : ReadLimits, optional
+        Per-file voxel and memory budget checked from each header (default :class:`ReadLimits`, the
+        protocol default).
     """
     failures: list[CaseFailure] = []
     rows: list[ManifestRow] = []
@@ -185,7 +190,7 @@ def check_site(
     n_checked = 0
     if load_voxels:
         for row in rows[: max_cases if max_cases is not None else len(rows)]:
-            result = check_case(row.case_id, row.image_path, row.label_path, lmap, site=config.name, atol_mm=atol_mm, atol_direction=atol_direction)
+            result = check_case(row.case_id, row.image_path, row.label_path, lmap, site=config.name, atol_mm=atol_mm, atol_direction=atol_direction, limits=limits)
             n_checked += 1
             failures.extend(result.failures)
             for value, n in result.label_values.items():

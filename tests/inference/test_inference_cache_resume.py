@@ -73,7 +73,8 @@ def test_failed_cases_are_recorded_and_the_run_goes_on(tmp_path):
     out = list(run_inference(threshold_model(tmp_path), cases, cache_dir=tmp_path / "cache", workers=2, progress=lambda d, t: seen.append((d, t))))
     assert [type(o).__name__ for o in out] == ["CaseFailure", "CaseFailure", "CaseFailure", "InferenceResult"]
     assert [o.case_id for o in out] == [c.case_id for c in cases]  # input order kept
-    assert out[0].error_type == "FileNotFoundError" and out[1].error_type == "ValueError" and "not 3-D" in out[2].error
+    assert out[0].error_type == "FileNotFoundError" and out[1].error_type == "CorruptImageError"
+    assert out[2].error_type == "ImageDataError" and "expected a 3-D volume" in out[2].error and "(4, 4, 4, 2)" in out[2].error
     assert all(o.stage == "inference" and o.site == "s" for o in out[:3])
     assert seen == [(i, 4) for i in range(1, 5)]
 
