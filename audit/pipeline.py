@@ -175,7 +175,7 @@ def run_audit(
     checked_out: set[str] = set()
     site_maps = {c.name: c.label_map for c in configs}
     for i, r in enumerate(manifest.itertuples(index=False)):
-        check = check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site)
+        check = check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site, limits=protocol.limits)
         if check.failures:
             failures.extend(check.failures)
             checked_out.add(r.case_id)
@@ -199,7 +199,7 @@ def run_audit(
     ]
     predictions: dict[str, str] = {}
     for result in run_inference(
-        model, cases, cache_dir=run_dir / "predictions", workers=workers, progress=lambda d, t: progress("inference", d, t)
+        model, cases, cache_dir=run_dir / "predictions", workers=workers, progress=lambda d, t: progress("inference", d, t), limits=protocol.limits
     ):
         if isinstance(result, InferenceResult):
             predictions[result.case_id] = str(result.prediction_path)
@@ -213,7 +213,10 @@ def run_audit(
     # ---- metrics -----------------------------------------------------------------------------
     names = metric_names(protocol.metrics.names, protocol.metrics.nsd_tolerances_mm)
     settings = EvaluationSettings(
-        structures=protocol.structures, metrics=names, empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance)
+        structures=protocol.structures,
+        metrics=names,
+        empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance),
+        limits=protocol.limits,
     )
     frames: list[pd.DataFrame] = []
     failed_ids = {f.case_id for f in failures}
