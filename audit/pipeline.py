@@ -147,6 +147,9 @@ def run_audit(
     """
     if until not in STAGES:
         raise ValueError(f"until: allowed values are {list(STAGES)}; found {until!r}")
+    from audit.inference import model_spec_from_dict, vet_model
+
+    vet_model(model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir)))  # model trust checks before anything is written
     progress = progress or _noop
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ import torch
 from audit.harmonize.geometry import Volume, file_sha256
 from audit.inference.predict import select_device
 from audit.inference.spec import ModelSpec, NetworkSpec
-from audit.inference.trust import bundle_network_definition, monai_network_class, read_bundle_config, require_code_opt_in
+from audit.inference.trust import bundle_network_definition, monai_network_class, read_bundle_config, require_code_opt_in, vet_model
 from audit.ontology import LabelMap
 
 logger = logging.getLogger(__name__)
@@ -179,8 +179,10 @@ def load_model(spec: ModelSpec, *, device: str = "auto") -> LoadedModel:
     Raises
     ------
     FileNotFoundError, ValueError, ImportError
-        A missing file, a sha256 mismatch, a bad network, or nnunetv2 not installed.
+        A missing file, a sha256 mismatch, a bad network, or nnunetv2 not installed;
+        :class:`~audit.inference.trust.UntrustedModelError` (a ``ValueError``) for anything that would run code.
     """
+    vet_model(spec)  # nothing in a model file runs before its configs pass the allow-lists
     dev = select_device(spec.inference.device if device == "auto" else device)
     if spec.kind == "predictions":
         sha = folder_sha256(spec.path) if spec.path is not None else hashlib.sha256(b"predictions:manifest").hexdigest()

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from audit.inference.spec import ModelSpec
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -45,6 +47,8 @@ __all__ = [
     "bundle_network_definition",
     "check_nnunet_architecture",
     "require_code_opt_in",
+    "check_nnunet_plans",
+    "vet_model",
 ]
 
 #: ``monai.networks.nets`` classes a protocol or a bundle may name: 3-D segmentation networks whose
@@ -267,3 +271,54 @@ def require_code_opt_in(kind: str, path: Path, options: Mapping[str, Any], sha25
         f"when the protocol opts in and pins the reviewed file; missing {missing}. Alternatively ship the weights as kind "
         f"'checkpoint' (a state dict read with weights_only=True) with a MONAI network"
     )
+
+
+def check_nnunet_plans(plans: Mapping[str, Any], *, source: str) -> None:
+    """:func:`check_nnunet_architecture` for every configuration of a ``plans.json`` that names an architecture."""
+    configurations = plans.get("configurations")
+    if not isinstance(configurations, Mapping):
+        raise ValueError(f"model.path: {source} has no 'configurations' mapping")
+    for name, config in configurations.items():
+        arch = config.get("architecture") if isinstance(config, Mapping) else None
+        if isinstance(arch, Mapping):
+            kwargs = arch.get("arch_kwargs") if isinstance(arch.get("arch_kwargs"), Mapping) else {}
+            requires = arch.get("_kw_requires_import") or ()
+            if not isinstance(requires, (list, tuple)):
+                raise UntrustedModelError(f"{source}: configurations.{name}.architecture._kw_requires_import: expected a list of arch_kwargs names; found {requires!r}")
+            check_nnunet_architecture(arch.get("network_class_name"), kwargs, requires, source=f"{source} configurations.{name}")
+
+
+def vet_model(spec: ModelSpec) -> None:
+    """Static trust checks of a model, before anything is loaded, hashed or run (cheap: configs only).
+
+    ``checkpoint``: the network name is allow-listed. ``torchscript``: the protocol opts in and pins the file.
+    ``monai_bundle``: the config's network section is data with an allow-listed ``_target_`` (unless the
+    protocol gives the network), and TorchScript weights need the opt-in. ``nnunet``: every architecture in
+    ``plans.json`` lies inside the allow-listed packages. Missing files are left to the loaders.
+
+    Raises
+    ------
+    UntrustedModelError
+        Naming the field, what is allowed and what was found.
+    """
+    path = spec.path
+    if spec.network is not None:
+        monai_network_class(spec.network.name)
+    if path is None:
+        return
+    if spec.kind == "torchscript":
+        require_code_opt_in("torch.export" if path.suffix == ".pt2" else "TorchScript", path, spec.options, spec.sha256)
+    elif spec.kind == "monai_bundle" and path.is_dir():
+        if spec.network is None:
+            config = next((c for c in (path / "configs" / f"inference.{e}" for e in ("json", "yaml", "yml")) if c.is_file()), None)
+            if config is not None:
+                key = str(spec.options.get("network_key", "network_def"))
+                bundle_network_definition(read_bundle_config(config), key, source=config.name)
+        if Path(str(spec.options.get("weights", "models/model.pt"))).suffix == ".ts":
+            require_code_opt_in("TorchScript", path / str(spec.options.get("weights")), spec.options, spec.sha256)
+    elif spec.kind == "nnunet" and (path / "plans.json").is_file():
+        try:
+            plans = json.loads((path / "plans.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"model.path: {path / 'plans.json'} is not valid JSON: {exc}") from None
+        check_nnunet_plans(plans, source=f"{path.name}/plans.json")
