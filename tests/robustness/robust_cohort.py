@@ -131,13 +131,13 @@ def assert_counted(outputs: dict, case_id: str, *, stage: str, error_type: str, 
 # ---- bad-input writers -------------------------------------------------------------------------------
 
 def header_only_gz(shape: tuple[int, ...], dtype=np.uint8) -> bytes:
-    """A gzip-compressed NIfTI-1 header (348 + 4 bytes) declaring ``shape`` with no voxel data."""
+    """A gzip-compressed NIfTI-1 header (348 bytes) declaring ``shape``, and nothing else."""
     header = nib.Nifti1Header()
     header.set_data_dtype(dtype)
     header.set_data_shape(shape)
     header.set_sform(AFFINE, code=1)
     header["vox_offset"] = 352
-    return gzip.compress(header.binaryblock + b"\0" * 4, compresslevel=9, mtime=0)
+    return gzip.compress(header.binaryblock, compresslevel=9, mtime=0)
 
 
 def honest_gzip_bomb(shape: tuple[int, int, int]) -> bytes:
