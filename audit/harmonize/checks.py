@@ -225,6 +225,10 @@ def check_case(
         except (FileNotFoundError, CorruptImageError, ImageTooLargeError, ImageDataError) as exc:
             failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
             continue
+        except Exception as exc:  # noqa: BLE001 - whatever else a hostile file triggers is this case's failure, not the run's
+            logger.warning("%s %s of case %s: unexpected %s: %s", role, path, case_id, type(exc).__name__, exc)
+            failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+            continue
         if role == "image":
             image = data
         else:

@@ -214,6 +214,10 @@ def _parse_header(head: bytes, name: str, role: str, limits: ReadLimits) -> Nift
     magic = bytes(np.asarray(header["magic"]).tobytes()).rstrip(b"\0")[:3]
     if magic not in (b"n+1", b"n+2"):
         raise CorruptImageError(f"{role} {name}: cannot be read (magic {magic!r}: only single-file NIfTI (.nii, .nii.gz) is read, not .hdr/.img pairs)")
+    if any(n < 0 for n in full_shape):
+        raise CorruptImageError(f"{role} {name}: cannot be read (negative dimension in the declared shape {full_shape})")
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise ImageDataError(f"{role} {name}: voxel type {dtype} is not supported; expected integers or real floats (not complex, RGB or structured)")
     n_voxels = math.prod(full_shape)
     n_bytes = n_voxels * dtype.itemsize
     if n_voxels > limits.max_voxels:
