@@ -275,9 +275,9 @@ def require_code_opt_in(kind: str, path: Path, options: Mapping[str, Any], sha25
 
 def check_nnunet_plans(plans: Mapping[str, Any], *, source: str) -> None:
     """:func:`check_nnunet_architecture` for every configuration of a ``plans.json`` that names an architecture."""
-    configurations = plans.get("configurations")
+    configurations = plans.get("configurations") if isinstance(plans, Mapping) else None
     if not isinstance(configurations, Mapping):
-        raise ValueError(f"model.path: {source} has no 'configurations' mapping")
+        return  # nothing names a class; the loader reports the malformed plans
     for name, config in configurations.items():
         arch = config.get("architecture") if isinstance(config, Mapping) else None
         if isinstance(arch, Mapping):
