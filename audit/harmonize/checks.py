@@ -5,6 +5,10 @@ parse). The pipeline calls :func:`check_case` for each case before inference, an
 ``spine-audit sites check`` runs the same function, so both report the same
 :class:`~audit.records.CaseFailure` (stage ``"harmonize"``).
 
+Files are opened through the guarded reader (:mod:`audit.harmonize.loading`): a header over the protocol's
+``limits``, a missing sform/qform, a NaN affine, 2-D or 4-D data, NaN/Inf voxels or non-integer labels are
+per-case failures before anything is scored; an empty reference is one too (:class:`EmptyReferenceError`).
+
 Tolerances (also in ``docs/sites.md``): voxel spacing and origin must agree within ``atol_mm``
 (default 0.01 mm, well above float32 header rounding, far below any real misregistration); direction
 cosines within ``atol_direction`` (default 1e-3, about 0.06 degrees).
