@@ -105,3 +105,20 @@ def test_an_unset_vox_offset_means_right_after_the_header():
     assert int(np.frombuffer(bytes(raw[108:112]), "<f4")[0]) == 352
     raw[108:112] = np.float32(0).tobytes()
     np.testing.assert_array_equal(load_nifti(bytes(raw), name="zero-offset.nii").array, np.arange(8).reshape(2, 2, 2))
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [({"max_voxels": 0}, "limits.max_voxels: must be a positive integer; found 0"), ({"max_memory": 1}, "limits.max_memory: unknown key")],
+    ids=["zero", "typo"],
+)
+def test_protocol_limits_are_validated_with_the_field_path(limits, message):
+    import yaml
+
+    from audit.cli import demo_protocol_path
+    from audit.protocol import ProtocolError, protocol_from_dict
+
+    data = yaml.safe_load(demo_protocol_path().read_text())
+    assert protocol_from_dict(data).limits == ReadLimits()  # the defaults when the section is absent
+    with pytest.raises(ProtocolError, match=message):
+        protocol_from_dict({**data, "limits": limits})
