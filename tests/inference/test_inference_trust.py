@@ -148,3 +148,13 @@ def test_the_shipped_nnunet_architecture_passes():
         ["conv_op", "norm_op", "dropout_op", "nonlin"],
         source="plans.json",
     )
+
+
+def test_bundle_weights_outside_the_bundle_are_refused(tmp_path):
+    write_bundle(tmp_path / "bundle", tiny_unet())
+    torch.save(tiny_unet().state_dict(), tmp_path / "outside.pt")
+    spec = model_spec_from_dict(
+        {"kind": "monai_bundle", "path": "bundle", "labels": LABELS, "options": {"weights": "../outside.pt"}, "inference": {"device": "cpu"}}, base_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=r"model.options.weights: must be a file inside the bundle .*found '../outside.pt'"):
+        load_model(spec)
