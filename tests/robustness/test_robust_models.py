@@ -1,13 +1,14 @@
 """Fuzz corpus, hostile model files: `spine-audit run` refuses each before any case is read or any file written.
 
-A model-level error stops the run: the command fails with the :class:`UntrustedModelError` naming the field,
-no run folder is created, and the file the hostile config would create does not exist. (The unit tests in
+A model-level error stops the run: ``run_audit`` raises :class:`UntrustedModelError` (one line naming the field),
+the command exits 2 with that line and no traceback, no run folder is created, and the file the hostile config would create does not exist. (The unit tests in
 tests/inference/test_inference_trust.py show that MONAI's ConfigParser and nnunetv2's pydoc.locate do create it.)
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -18,6 +19,8 @@ from typer.testing import CliRunner
 
 from audit.cli import app
 from audit.inference import UntrustedModelError
+from audit.pipeline import run_audit
+from audit.protocol import load_protocol
 from robust_cohort import build_cohort, write_protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))  # the model builders of the inference tests
@@ -97,8 +100,11 @@ def test_hostile_model_is_refused_before_anything_runs(cohort, tmp_path, monkeyp
     model["path"] = str(root / model["path"]) if not Path(model["path"]).is_absolute() else model["path"]
     protocol = write_protocol(cohort, model=model)
     run = tmp_path / "run"
+    with pytest.raises(UntrustedModelError, match=re.escape(message)) as refused:
+        run_audit(load_protocol(protocol), run_dir=run)
+    assert "\n" not in str(refused.value)
     result = CliRunner().invoke(app, ["run", str(protocol), "--out", str(run), "--quiet"])
-    assert result.exit_code != 0 and isinstance(result.exception, UntrustedModelError), result.output + repr(result.exception)
-    assert message in str(result.exception) and "\n" not in str(result.exception)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in " ".join(result.output.split())  # the one-line reason (the terminal may wrap it)
     assert not marker.exists(), "the hostile config ran"
     assert not run.exists(), "a refused model must leave no run folder"
