@@ -256,7 +256,7 @@ def check_case(
         if unknown:
             exc = unknown_labels_error(unknown, lmap, unknown_voxels=sum(counts[v] for v in unknown))
             failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
-        if not any(counts.get(v, 0) for v in lmap.values):
+        if not unknown and not any(counts.get(v, 0) for v in lmap.values):  # unknown values: the map, not the reference, is the problem
             seen = sorted(counts)
             exc = EmptyReferenceError(
                 f"label {label_path}: reference segmentation is empty: no voxel holds a value that label map {lmap.name!r} maps to a "

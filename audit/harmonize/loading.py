@@ -397,7 +397,7 @@ def load_label_array(source: str | Path | bytes, *, role: str = "label", limits:
     >>> load_label_array(soft.to_bytes(), name="soft.nii")
     Traceback (most recent call last):
     ...
-    audit.harmonize.loading.ImageDataError: label soft.nii: 8 voxels hold non-integer values (e.g. 0.5; stored as float32); a label map holds integers
+    audit.harmonize.loading.ImageDataError: label soft.nii: holds non-integer label values (8 voxels, e.g. 0.5; stored as float32); a label map holds integers
     """
     data = load_nifti(source, role=role, limits=limits, name=name)
     arr = data.array
@@ -407,8 +407,8 @@ def load_label_array(source: str | Path | bytes, *, role: str = "label", limits:
     if fractional.any():
         example = arr[fractional].flat[0]
         raise ImageDataError(
-            f"{role} {data.header.name}: {int(fractional.sum())} voxels hold non-integer values (e.g. {example:g}; stored as {arr.dtype}); "
-            "a label map holds integers"
+            f"{role} {data.header.name}: holds non-integer label values ({int(fractional.sum())} voxels, e.g. {example:g}; stored as "
+            f"{arr.dtype}); a label map holds integers"
         )
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     dtype = np.result_type(np.min_scalar_type(int(lo)), np.min_scalar_type(int(hi)))

@@ -66,7 +66,7 @@ KINDS = {
     "inf-voxels": ("image", inf_voxels, "ImageDataError", "10 of 960 voxels are NaN or Inf"),
     "no-sform-qform": ("label", no_sform_no_qform, "ImageDataError", "no world geometry (sform_code=0 and qform_code=0)"),
     "nan-affine": ("image", nan_affine, "ImageDataError", "affine from the sform (srow_x/y/z) holds NaN"),
-    "non-integer-label": ("label", non_integer_label, "ImageDataError", "hold non-integer values (e.g. 0.5"),
+    "non-integer-label": ("label", non_integer_label, "ImageDataError", "holds non-integer label values (90 voxels, e.g. 0.5"),
     "label-2d": ("label", label_2d, "ImageDataError", "expected a 3-D volume; header declares 2-D shape (12, 10)"),
     "label-4d": ("label", label_4d, "ImageDataError", "expected a 3-D volume; header declares 4-D or higher shape (12, 10, 8, 3)"),
     "empty-reference": ("label", empty_reference, "EmptyReferenceError", "reference segmentation is empty"),
