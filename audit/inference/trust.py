@@ -16,7 +16,8 @@ Model files and their configs are untrusted input. Loading a model never execute
   locally executable code). They are loaded only when the protocol opts in with
   ``model.options.allow_code: true`` *and* pins the file's ``model.sha256``.
 
-Every refusal raises :class:`UntrustedModelError` naming the field, what is allowed and what was found.
+Every refusal raises :class:`~audit.errors.UntrustedModelError` (a user error: ``spine-audit run`` prints it as
+one line and exits 2) naming the field, what is allowed and what was found.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from audit.errors import UntrustedModelError
 from audit.inference.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -82,10 +84,6 @@ _MAX_REFERENCE_DEPTH = 8
 _DOTTED = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 
 
-class UntrustedModelError(ValueError):
-    """A model file or config asks for something spine-audit never does (run code, import a name, unpickle a class)."""
-
-
 def monai_network_class(name: str, *, field: str = "model.network.name") -> type:
     """The ``monai.networks.nets`` class of an allow-listed name (``UNet`` or ``monai.networks.nets.UNet``).
 
@@ -101,7 +99,7 @@ def monai_network_class(name: str, *, field: str = "model.network.name") -> type
     >>> monai_network_class("os.system")
     Traceback (most recent call last):
     ...
-    audit.inference.trust.UntrustedModelError: model.network.name: allowed MONAI networks are ['AttentionUnet', 'BasicUNet', 'BasicUNetPlusPlus', 'DynUNet', 'HighResNet', 'SegResNet', 'SegResNetDS', 'SegResNetVAE', 'SwinUNETR', 'UNETR', 'UNet', 'VNet']; found 'os.system'
+    audit.errors.UntrustedModelError: model.network.name: allowed MONAI networks are ['AttentionUnet', 'BasicUNet', 'BasicUNetPlusPlus', 'DynUNet', 'HighResNet', 'SegResNet', 'SegResNetDS', 'SegResNetVAE', 'SwinUNETR', 'UNETR', 'UNet', 'VNet']; found 'os.system'
     """
     short = name.removeprefix(_MONAI_PREFIX) if isinstance(name, str) else name
     if short not in MONAI_NETWORKS:

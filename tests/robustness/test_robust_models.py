@@ -105,6 +105,7 @@ def test_hostile_model_is_refused_before_anything_runs(cohort, tmp_path, monkeyp
     assert "\n" not in str(refused.value)
     result = CliRunner().invoke(app, ["run", str(protocol), "--out", str(run), "--quiet"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert message in " ".join(result.output.split())  # the one-line reason (the terminal may wrap it)
+    (line,) = result.stderr.splitlines()  # one line on stderr
+    assert line.startswith("Error: ") and message in line
     assert not marker.exists(), "the hostile config ran"
     assert not run.exists(), "a refused model must leave no run folder"
