@@ -52,6 +52,7 @@ __all__ = [
     "CorruptImageError",
     "ImageTooLargeError",
     "ImageDataError",
+    "check_budget",
     "NiftiHeader",
     "NiftiData",
     "read_header",
@@ -107,6 +108,30 @@ class ReadLimits:
     def max_bytes(self) -> int:
         """``max_memory_mb`` in bytes."""
         return int(self.max_memory_mb * 2**20)
+
+
+def check_budget(shape: tuple[int, ...], dtype: np.dtype, limits: ReadLimits, *, what: str) -> None:
+    """Refuse a declared voxel array larger than ``limits`` before anything is allocated (the one budget rule).
+
+    Used for NIfTI headers and for DICOM series (Rows x Columns x slices, from the headers alone).
+
+    Examples
+    --------
+    >>> check_budget((2, 3, 4), np.dtype("int16"), ReadLimits(max_voxels=100), what="image a.nii")
+    >>> check_budget((2, 3, 4), np.dtype("int16"), ReadLimits(max_voxels=10), what="image a.nii")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ...
+    audit.harmonize.loading.ImageTooLargeError: image a.nii: header declares shape (2, 3, 4) = 24 voxels; limits.max_voxels is 10
+    """
+    n_voxels = math.prod(int(n) for n in shape)
+    n_bytes = n_voxels * np.dtype(dtype).itemsize
+    if n_voxels > limits.max_voxels:
+        raise ImageTooLargeError(f"{what}: header declares shape {tuple(shape)} = {n_voxels:.4g} voxels; limits.max_voxels is {limits.max_voxels}")
+    if n_bytes > limits.max_bytes:
+        raise ImageTooLargeError(
+            f"{what}: header declares {n_bytes / 2**20:.1f} MiB of voxel data (shape {tuple(shape)}, {np.dtype(dtype)}); "
+            f"limits.max_memory_mb is {limits.max_memory_mb:g}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,17 +243,8 @@ def _parse_header(head: bytes, name: str, role: str, limits: ReadLimits) -> Nift
         raise CorruptImageError(f"{role} {name}: cannot be read (negative dimension in the declared shape {full_shape})")
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise ImageDataError(f"{role} {name}: voxel type {dtype} is not supported; expected integers or real floats (not complex, RGB or structured)")
-    n_voxels = math.prod(full_shape)
-    n_bytes = n_voxels * dtype.itemsize
-    if n_voxels > limits.max_voxels:
-        raise ImageTooLargeError(
-            f"{role} {name}: header declares shape {full_shape} = {n_voxels:.4g} voxels; limits.max_voxels is {limits.max_voxels}"
-        )
-    if n_bytes > limits.max_bytes:
-        raise ImageTooLargeError(
-            f"{role} {name}: header declares {n_bytes / 2**20:.1f} MiB of voxel data (shape {full_shape}, {dtype}); "
-            f"limits.max_memory_mb is {limits.max_memory_mb:g}"
-        )
+    check_budget(full_shape, dtype, limits, what=f"{role} {name}")
+    n_bytes = math.prod(full_shape) * dtype.itemsize
     if offset == 0:  # as nibabel does: an unset offset in a single file means "right after the header and extension flag"
         offset = size + 4
     if offset < size or offset - size > limits.max_bytes:

@@ -44,6 +44,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from audit.harmonize.geometry import LPS_TO_RAS
+from audit.harmonize.loading import ReadLimits, check_budget
 from audit.harmonize.metadata import normalize_ethnicity
 from audit.harmonize.privacy import PSEUDONYM_KEY_ENV, pseudonymize
 from audit.records import UNKNOWN, CaseFailure
@@ -115,6 +116,20 @@ def series_geometry(headers: list[Any]) -> tuple[np.ndarray, list[int]]:
     lps[:3, 2] = (ipp[order[-1]] - ipp[order[0]]) / (len(order) - 1)
     lps[:3, 3] = ipp[order[0]]
     return LPS_TO_RAS @ lps, [int(i) for i in order]
+
+
+def _check_series_budget(headers: list[Any], folder: Path) -> None:
+    """The voxel budget (:func:`audit.harmonize.loading.check_budget`, default limits) from Rows x Columns x slices.
+
+    Checked before any pixel data is decoded, so a series declaring a huge matrix (or compressed frames that
+    would inflate past the budget) fails the case instead of exhausting memory.
+    """
+    first = headers[0]
+    frames = sum(int(getattr(h, "NumberOfFrames", 1) or 1) for h in headers)
+    rescaled = float(getattr(first, "RescaleSlope", 1) or 1) != 1 or float(getattr(first, "RescaleIntercept", 0) or 0) != 0
+    bits = int(getattr(first, "BitsAllocated", 16) or 16)
+    dtype = np.dtype(np.float32) if rescaled else np.dtype(f"u{max(1, -(-bits // 8))}")
+    check_budget((int(first.Columns), int(first.Rows), frames), dtype, ReadLimits(), what=f"DICOM series in {folder.name}")
 
 
 def read_series(paths: list[Path]) -> nib.Nifti1Image:
@@ -246,6 +261,7 @@ def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
                 raise DicomSeriesError(f"folder {folder} holds {len(by_series)} matching DICOM series; expected 1 (set options.series_description)")
             members = next(iter(by_series.values()))
             series_geometry([h for _, h in members])  # cheap header-only validation (missing slices)
+            _check_series_budget([h for _, h in members], folder)
             key = hashlib.sha256(repr(_stats([p for p, _ in members], folder)).encode()).hexdigest()[:12]
             image = cache / f"{local_id}-{key}.nii.gz"
             if not image.is_file():
