@@ -26,6 +26,7 @@ from audit.inference.cache import cache_key, cache_path, clean_temporary_files
 from audit.inference.loaders import LoadedModel
 from audit.inference.predict import prepare_image, predict_labels_with_retry
 from audit.records import UNKNOWN, CaseFailure
+from audit.sites.base import path_in_root
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def _predictions_source(model: LoadedModel, case: InferenceCase) -> Path:
     pattern = str(model.spec.options.get("pattern", "{case_id}.nii.gz"))
     site, _, local = case.case_id.partition("/")
     rel = pattern.format(case_id=case.case_id, site=site, local_id=local or case.case_id)
-    path = model.spec.path / rel
+    path = path_in_root(model.spec.path, rel, what="prediction", root_name="predictions folder")  # a pattern or case id never leaves the folder
     if not path.is_file():
         raise FileNotFoundError(f"predictions: no file {rel!r} for case {case.case_id} in {model.spec.path} (options.pattern={pattern!r})")
     return path

@@ -267,7 +267,9 @@ def check_case_id(local_id: str) -> str:
         raise PathOutsideRootError(f"case id {local_id!r} cannot name a file inside the site root: it {exc}") from None
 
 
-def path_in_root(root: Path, relative: str | os.PathLike[str], *, what: str, symlinks: str = "refuse") -> Path:
+def path_in_root(
+    root: Path, relative: str | os.PathLike[str], *, what: str, symlinks: str = "refuse", root_name: str = "site root"
+) -> Path:
     """``root / relative``, refused when it leaves ``root``: by its spelling, or through a symbolic link.
 
     Parameters
@@ -281,6 +283,8 @@ def path_in_root(root: Path, relative: str | os.PathLike[str], *, what: str, sym
     symlinks : {"refuse", "allow"}
         ``"allow"`` accepts a link whose target is outside the root (logged at debug level); the spelling is
         always checked.
+    root_name : str
+        What the root is, for the message (``"site root"``; ``"predictions folder"`` for precomputed predictions).
 
     Returns
     -------
@@ -309,12 +313,12 @@ def path_in_root(root: Path, relative: str | os.PathLike[str], *, what: str, sym
     joined = Path(os.path.normpath(root / text))
     climbs = ".." in re.split(r"[\\/]", text)
     if Path(text).is_absolute() or climbs or not joined.is_relative_to(Path(os.path.normpath(root))):
-        raise PathOutsideRootError(f"{what} path {text!r} leaves the site root {root} (absolute paths and '..' are refused)")
+        raise PathOutsideRootError(f"{what} path {text!r} leaves the {root_name} {root} (absolute paths and '..' are refused)")
     real = joined.resolve()
     if not real.is_relative_to(root.resolve()):
         if symlinks == "refuse":
             raise PathOutsideRootError(
-                f"{what} path {text!r} is a symbolic link (or lies under one) whose target is outside the site root {root}; "
+                f"{what} path {text!r} is a symbolic link (or lies under one) whose target is outside the {root_name} {root}; "
                 "set the site option symlinks: allow to accept it"
             )
         logger.debug("%s path %s follows a symbolic link out of the site root %s (symlinks: allow)", what, joined, root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -237,3 +238,18 @@ def test_hostile_paths_in_a_full_run_are_counted(tmp_path):
     html = (out / "report.html").read_text()
     assert "Failed cases (2)" in html and html.count("PathOutsideRootError") == 2
     assert SECRET not in html or "site root" in html  # the report names the refusal, it never shows the file's content
+
+
+def test_a_predictions_pattern_that_leaves_its_folder_fails_the_case(tmp_path):
+    """The ``predictions`` model kind resolves ``options.pattern`` inside its folder, like a site's patterns."""
+    from audit.inference.runner import _predictions_source
+    from audit.sites.base import PathOutsideRootError
+
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    (tmp_path / "secret.nii.gz").write_bytes(b"x")
+    spec = SimpleNamespace(path=folder, options={"pattern": "../secret.nii.gz"})
+    model = SimpleNamespace(spec=spec)
+    case = SimpleNamespace(case_id="site/a", prediction_path=None)
+    with pytest.raises(PathOutsideRootError, match="leaves the predictions folder"):
+        _predictions_source(model, case)
