@@ -1,0 +1,82 @@
+"""Inference on an executor: one model per dask worker, loaded once, or the local threaded runner.
+
+On dask, a worker plugin (:class:`audit.execution.worker_model.ModelPlugin`) loads the model when the worker starts (and again on a
+worker that replaces a dead one); each task then predicts one case with that worker's model. Tasks ask
+for the worker resource ``GPU=1`` when the cluster's workers advertise it (``execution.slurm.gpus``), so
+one GPU worker runs one case at a time. Predictions land in the run's prediction cache, which the
+workers must see under the same path (a shared file system). Locally the threaded prefetching runner of
+:mod:`audit.inference.runner` runs in this process with the model already loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from audit.execution.base import Executor, Job
+from audit.records import CaseFailure
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_inference_on"]
+
+
+def _gpu_workers(executor: Any) -> bool:
+    info = executor.client.scheduler_info(n_workers=-1).get("workers", {})
+    return any("GPU" in (w.get("resources") or {}) for w in info.values())
+
+
+def run_inference_on(
+    executor: Executor,
+    model: Any,
+    cases: Iterable[Any],
+    *,
+    cache_dir: Path,
+    device: str,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[Any]:
+    """Predict every case on ``executor``, yielding results or failures in input order.
+
+    Parameters
+    ----------
+    executor : Executor
+        Dask executors load ``model.spec`` once per worker; local ones run the threaded runner here.
+    model : LoadedModel
+        The model loaded in this process (its spec is what the workers load).
+    cases : iterable of InferenceCase
+    cache_dir : Path
+        Prediction cache (shared with the workers).
+    device : str
+        Device string each worker loads the model onto.
+    workers : int
+        Prefetch threads of the local runner.
+    progress : callable, optional
+        ``progress(done, total)``.
+    """
+    from audit.inference import run_inference
+    from audit.inference.cache import clean_temporary_files
+
+    if executor.kind != "dask":
+        yield from run_inference(model, cases, cache_dir=cache_dir, workers=workers, progress=progress)
+        return
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    clean_temporary_files(cache_dir)
+    todo = list(cases)
+    from audit.execution.worker_model import MODEL_PLUGIN, ModelPlugin, predict_on_worker
+
+    executor.client.register_plugin(ModelPlugin(model.spec, device), name=MODEL_PLUGIN)  # type: ignore[attr-defined]
+    resources = {"GPU": 1.0} if _gpu_workers(executor) else None
+    jobs: list[Job] = [((case,), {"cache_dir": str(cache_dir)}) for case in todo]
+
+    def lost(i: int, job: Job, exc: BaseException) -> CaseFailure:
+        case = todo[i]
+        return CaseFailure.from_exception(case.case_id, "inference", exc, site=case.site)
+
+    for done, result in enumerate(executor.map(predict_on_worker, jobs, on_error=lost, resources=resources), 1):
+        if progress is not None:
+            progress(done, len(todo))
+        yield result
