@@ -25,6 +25,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from audit import ontology
+from audit.execution.settings import ExecutionSettings, validate_execution
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,11 @@ class Protocol:
     statistics: StatisticsSettings = dataclasses.field(default_factory=StatisticsSettings)
     acceptance: tuple[AcceptanceCriterion, ...] = ()
     report: ReportSettings = dataclasses.field(default_factory=ReportSettings)
+    #: ``images`` (sites, inference, metrics) or ``metrics`` (per-case metric tables, see :mod:`audit.tables_input`).
+    input: Literal["images", "metrics"] = "images"
+    metric_input: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Where per-case work runs (:mod:`audit.execution`); not part of the sha256.
+    execution: ExecutionSettings = dataclasses.field(default_factory=ExecutionSettings)
     #: Folder of the protocol file; relative paths in ``sites`` and ``model`` resolve against it.
     base_dir: str = dataclasses.field(default=".", compare=False)
 
@@ -286,12 +292,19 @@ def _check_semantics(protocol: Protocol) -> None:
             ontology.structure(name)
         except KeyError as exc:
             raise ProtocolError(f"structures[{i}]: {exc.args[0]}") from None
-    if not protocol.sites and protocol.synthetic_cohort is None:
+    problems = validate_execution(protocol.execution)
+    if problems:
+        raise ProtocolError(problems[0])
+    if protocol.input == "metrics":
+        _check_metric_input(protocol)
+    elif not protocol.sites and protocol.synthetic_cohort is None:
         raise ProtocolError("sites: at least one site is required (or a synthetic_cohort section)")
     for i, site in enumerate(protocol.sites):
         if "config" not in site and "name" not in site:
             raise ProtocolError(f"sites[{i}]: each site needs a 'name' (inline config) or a 'config' path; found {dict(site)}")
     for key in ("kind", "path"):
+        if protocol.input == "metrics":
+            break
         if key not in protocol.model and not (key == "path" and protocol.model.get("kind") == "predictions"):
             raise ProtocolError(f"model.{key}: required key is missing")
     stats = protocol.statistics
@@ -337,6 +350,22 @@ def _check_semantics(protocol: Protocol) -> None:
             raise ProtocolError(f"subgroups.intersections[{i}]: an intersection needs two or more columns; found {list(combo)}")
 
 
+def _check_metric_input(protocol: Protocol) -> None:
+    """``input: metrics``: the metric_input section parses, and ``model.name`` names one of its tables."""
+    from audit.tables_input import MetricInputError, parse_metric_input
+
+    if not protocol.metric_input:
+        raise ProtocolError("metric_input: required with input: metrics (the metadata table and one metric table per model)")
+    try:
+        spec = parse_metric_input(protocol.metric_input, base_dir=protocol.base_dir)
+    except MetricInputError as exc:
+        raise ProtocolError(str(exc)) from None
+    models = [t.model for t in spec.tables]
+    name = protocol.model.get("name", models[0])
+    if name not in models:
+        raise ProtocolError(f"model.name: with input: metrics, the audited model is one of the tables' models {models}; found {name!r}")
+
+
 def protocol_from_dict(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Protocol:
     """Validate plain data (as parsed from YAML) into a :class:`Protocol`.
 
@@ -373,7 +402,12 @@ def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
     return _plain(protocol)
 
 
+#: Sections that decide where the audit runs, not what it computes: left out of the sha256.
+UNHASHED_SECTIONS: tuple[str, ...] = ("execution",)
+
+
 def protocol_sha256(protocol: Protocol) -> str:
-    """sha256 of the canonical JSON form (sorted keys, compact separators, UTF-8)."""
-    blob = json.dumps(protocol_to_dict(protocol), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """sha256 of the canonical JSON form (sorted keys, compact separators, UTF-8), ``execution`` left out."""
+    data = {k: v for k, v in protocol_to_dict(protocol).items() if k not in UNHASHED_SECTIONS}
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
