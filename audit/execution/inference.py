@@ -20,7 +20,33 @@ from audit.records import CaseFailure
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_inference_on"]
+__all__ = ["predict_in_process", "run_inference_on"]
+
+#: Models loaded in this worker process, by (model sha256, device): one load per process.
+_PROCESS_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def predict_in_process(case: Any, *, spec: Any, model_sha256: str, device: str, threads: int, cache_dir: str) -> Any:
+    """Predict one case in a local pool worker with the model that process loaded on its first case.
+
+    ``threads`` caps torch's intra-op threads per process. On 2 shared cores, two processes with one thread
+    each ran the demo model at 4.9 cases/s per process while one process with two threads fell to 0.9 cases/s
+    under load (threads spinning against each other; docs/performance.md).
+    """
+    from audit.inference import load_model, predict_case
+
+    key = (model_sha256, device)
+    try:
+        model = _PROCESS_MODELS.get(key)
+        if model is None:
+            import torch
+
+            torch.set_num_threads(threads)
+            model = _PROCESS_MODELS[key] = load_model(spec, device=device)
+        return predict_case(model, case, cache_dir=Path(cache_dir))
+    except Exception as exc:  # one bad case must never stop the audit
+        logger.warning("inference failed for %s: %s: %s", case.case_id, type(exc).__name__, exc)
+        return CaseFailure.from_exception(case.case_id, "inference", exc, site=case.site)
 
 
 def _gpu_workers(executor: Any) -> bool:
@@ -43,7 +69,9 @@ def run_inference_on(
     Parameters
     ----------
     executor : Executor
-        Dask executors load ``model.spec`` once per worker; local ones run the threaded runner here.
+        Dask workers and local pool processes load ``model.spec`` once each (local pool processes use one
+        torch thread each: use as many workers as cores); a serial executor, or a pool with a GPU model,
+        runs the threaded runner here.
     model : LoadedModel
         The model loaded in this process (its spec is what the workers load).
     cases : iterable of InferenceCase
@@ -59,24 +87,34 @@ def run_inference_on(
     from audit.inference import run_inference
     from audit.inference.cache import clean_temporary_files
 
-    if executor.kind != "dask":
+    if executor.kind == "serial" or (executor.kind == "processes" and model.device.type != "cpu"):
+        # one process: the threaded prefetching runner (a GPU is shared best by one process)
         yield from run_inference(model, cases, cache_dir=cache_dir, workers=workers, progress=progress)
         return
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     clean_temporary_files(cache_dir)
     todo = list(cases)
-    from audit.execution.worker_model import MODEL_PLUGIN, ModelPlugin, predict_on_worker
+    resources = None
+    if executor.kind == "dask":
+        from audit.execution.worker_model import MODEL_PLUGIN, ModelPlugin, predict_on_worker
 
-    executor.client.register_plugin(ModelPlugin(model.spec, device), name=MODEL_PLUGIN)  # type: ignore[attr-defined]
-    resources = {"GPU": 1.0} if _gpu_workers(executor) else None
-    jobs: list[Job] = [((case,), {"cache_dir": str(cache_dir)}) for case in todo]
+        executor.client.register_plugin(ModelPlugin(model.spec, device), name=MODEL_PLUGIN)  # type: ignore[attr-defined]
+        resources = {"GPU": 1.0} if _gpu_workers(executor) else None
+        fn: Callable[..., Any] = predict_on_worker
+        jobs: list[Job] = [((case,), {"cache_dir": str(cache_dir)}) for case in todo]
+    else:
+        # one torch thread per forked process: safe after fork (no OpenMP pool inherited) and no oversubscription
+        threads = 1
+        fn = predict_in_process
+        common = {"spec": model.spec, "model_sha256": model.sha256, "device": str(model.device), "threads": threads, "cache_dir": str(cache_dir)}
+        jobs = [((case,), common) for case in todo]
 
     def lost(i: int, job: Job, exc: BaseException) -> CaseFailure:
         case = todo[i]
         return CaseFailure.from_exception(case.case_id, "inference", exc, site=case.site)
 
-    for done, result in enumerate(executor.map(predict_on_worker, jobs, on_error=lost, resources=resources), 1):
+    for done, result in enumerate(executor.map(fn, jobs, on_error=lost, resources=resources), 1):
         if progress is not None:
             progress(done, len(todo))
         yield result

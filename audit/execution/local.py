@@ -14,6 +14,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+import cloudpickle
+
 from audit.execution.base import Executor, Job, OnError, WorkerLostError, call_job
 
 logger = logging.getLogger(__name__)
@@ -99,8 +101,14 @@ class ProcessExecutor(Executor):
         exhausted = False
 
         def submit(i: int, job: Job) -> None:
-            attempts[i] = attempts.get(i, 0) + 1
-            inflight.append((i, job, self._get_pool().submit(call_job, fn, job)))
+            try:
+                fut = self._get_pool().submit(_call_pickled, cloudpickle.dumps((fn, job)))
+            except BrokenProcessPool as exc:  # the pool broke since the last result: recovered below
+                fut = Future()
+                fut.set_exception(exc)
+            else:
+                attempts[i] = attempts.get(i, 0) + 1
+            inflight.append((i, job, fut))
 
         def refill() -> None:
             nonlocal exhausted
@@ -126,8 +134,8 @@ class ProcessExecutor(Executor):
                 for j, jb, f in pending:
                     if _succeeded(f):
                         inflight.append((j, jb, f))
-                    elif attempts[j] >= self.max_attempts:
-                        exc = WorkerLostError(f"job {j}: a worker process died each of the {attempts[j]} times it ran")
+                    elif attempts.get(j, 0) >= self.max_attempts:
+                        exc = WorkerLostError(f"job {j}: a worker process died each of the {attempts.get(j, 0)} times it ran")
                         if on_error is None:
                             raise exc from None
                         inflight.append((j, jb, _done(on_error(j, jb, exc))))
@@ -146,6 +154,12 @@ class ProcessExecutor(Executor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _call_pickled(payload: bytes) -> Any:
+    """Run a job sent with cloudpickle (which also carries mapping proxies and closures of frozen specs)."""
+    fn, job = cloudpickle.loads(payload)
+    return call_job(fn, job)
 
 
 def _succeeded(fut: Future[Any]) -> bool:

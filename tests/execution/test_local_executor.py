@@ -58,3 +58,24 @@ def test_without_on_error_a_lost_job_raises():
 def test_on_error_replaces_a_raising_job_in_place(workers):
     out = list(map_cases(raise_for_odd, [((i,), {}) for i in range(5)], workers=workers, on_error=lambda i, job, exc: str(exc)))
     assert out == [0, "odd value 1", 2, "odd value 3", 4]
+
+
+def test_pool_inference_loads_one_model_per_process_and_equals_the_threaded_runner(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from audit.execution.inference import run_inference_on
+    from audit.inference import InferenceCase, InferenceResult, load_model, model_spec_from_dict
+    from audit.synthetic import cohort_case_files, generate_cohort
+
+    generate_cohort(tmp_path / "cohort", n_cases=4, seed=11)
+    cases = [InferenceCase(cid, image, label, site=site) for cid, image, label, site in cohort_case_files(tmp_path / "cohort")]
+    model = load_model(model_spec_from_dict({"kind": "checkpoint", "path": "builtin:demo-unet"}, base_dir=tmp_path), device="cpu")
+    with SerialExecutor() as serial, ProcessExecutor(2) as pool:
+        local = list(run_inference_on(serial, model, cases, cache_dir=tmp_path / "a", device="cpu"))
+        pooled = list(run_inference_on(pool, model, cases, cache_dir=tmp_path / "b", device="cpu"))
+    assert all(isinstance(r, InferenceResult) for r in local + pooled)
+    assert [r.case_id for r in pooled] == [c.case_id for c in cases]
+    for a, b in zip(local, pooled):
+        np.testing.assert_array_equal(np.asarray(nib.load(a.prediction_path).dataobj), np.asarray(nib.load(b.prediction_path).dataobj))
+        assert a.prediction_path.name == b.prediction_path.name  # same cache key: same model, image and grid
