@@ -324,3 +324,53 @@ def merge_bundles(protocol: Any, bundles: Sequence[SiteBundle], *, site_order: S
     failures = tuple(f for b in ordered for f in b.failures)
     info = tuple({k: b.info[k] for k in ("sites", "n_cases", "software", "sha256")} | {"file": b.path.name} for b in ordered)
     return MergedAudit(validate_manifest(manifest), validate_metric_table(metrics), failures, dict(ordered[0].info["model"]), info)
+
+
+# ---- run-folder glue (spine-audit run --bundle / spine-audit merge) --------------------------------
+
+
+def bundle_run_folder(run_dir: str | Path, protocol: Any, *, out: str | Path | None = None, study_key: str | bytes | None = None) -> Path:
+    """Write the site bundle of a run folder that finished the metrics stage (default ``<run>/site-bundle.zip``)."""
+    from audit.runfolder import RunFolder
+
+    folder = RunFolder(run_dir)
+    return write_bundle(
+        out or folder.root / "site-bundle.zip",
+        protocol=protocol,
+        manifest=folder.read_manifest(resolve=False),
+        metrics=folder.read_metrics(),
+        failures=folder.read_failures(),
+        model={k: v for k, v in folder.read_model().items() if k != "device"},
+        study_key=study_key,
+        keep_columns=protocol.subgroups.columns,
+    )
+
+
+def merge_into_run_folder(protocol: Any, bundle_paths: Sequence[str | Path], run_dir: str | Path) -> MergedAudit:
+    """Verify and merge bundles into a run folder whose stages up to ``metrics`` are complete.
+
+    Statistics and the report then run from it (``run_audit(..., from_stage="stats")``).
+    """
+    import yaml
+
+    from audit.protocol import protocol_to_dict
+    from audit.runfolder import STAGES, RunFolder
+
+    merged = merge_bundles(protocol, [read_bundle(p) for p in bundle_paths], site_order=_protocol_site_names(protocol))
+    folder = RunFolder(run_dir)
+    with folder.lock():
+        folder.begin(protocol_sha256=protocol.sha256, start="sites", until="metrics")
+        folder.write_protocol(yaml.safe_dump(protocol_to_dict(protocol), sort_keys=False))
+        folder.write_manifest(merged.manifest)
+        folder.write_model({**merged.model, "device": "site bundles"})
+        folder.write_metrics(merged.metrics)
+        folder.write_failures("metrics", merged.failures)
+        folder.write_csv("bundles.csv", pd.DataFrame([{**{k: v for k, v in b.items() if k not in ("software", "sha256")}, "sites": " ".join(b["sites"])} for b in merged.bundles]))
+        for stage in STAGES[: STAGES.index("metrics") + 1]:
+            folder.complete(stage)
+    return merged
+
+
+def _protocol_site_names(protocol: Any) -> list[str]:
+    """Site names in the protocol's order (inline ``name`` entries; config files are read by name only)."""
+    return [str(entry["name"]) for entry in protocol.sites if "name" in entry]

@@ -69,7 +69,9 @@ class MetricInput:
     tables : Mapping[str, pandas.DataFrame]
         One validated long metric table per model (same cases, structures and metrics in each).
     failures : tuple of CaseFailure
-        Metadata rows that could not be read, and cases a model's table lacks (also failed rows there).
+        Metadata rows that could not be read.
+    missing : Mapping[str, tuple of CaseFailure]
+        Per model: the cases its table lacks (``failed`` rows in its table).
     higher_is_better : Mapping[str, bool]
         Direction of every metric (registry or declared).
     """
@@ -77,6 +79,7 @@ class MetricInput:
     manifest: pd.DataFrame
     tables: Mapping[str, pd.DataFrame]
     failures: tuple[CaseFailure, ...]
+    missing: Mapping[str, tuple[CaseFailure, ...]]
     higher_is_better: Mapping[str, bool]
 
 
@@ -210,13 +213,13 @@ def load_metric_input(
     if extra_rows:
         manifest = pd.concat([manifest, pd.DataFrame(extra_rows)], ignore_index=True)
     manifest = validate_manifest(manifest.reindex(columns=list(dict.fromkeys([*MANIFEST_COLUMNS, *manifest.columns]))))
-    tables = {}
+    tables, missing = {}, {}
     for i, (model, table) in enumerate(raw_tables.items()):
         mapped = _full_ids(table, manifest, f"metric_input.tables[{i}]")
         table = table.assign(case_id=mapped.fillna((spec.metadata.site or UNKNOWN) + "/" + table["case_id"]))
         tables[model], lost = _complete(table, manifest, structures, metrics, model)
-        failures.extend(lost)
-    return MetricInput(manifest, tables, tuple(failures), directions)
+        missing[model] = tuple(lost)
+    return MetricInput(manifest, tables, tuple(failures), missing, directions)
 
 
 def _registered(name: str) -> bool:

@@ -139,7 +139,8 @@ def test_missing_cases_and_values_become_failed_rows_never_gaps(published, tmp_p
     assert (t.loc["duke-1/CSS0004", "status"] == "failed").all()
     assert t.loc[("duke-1/CSS0007", "intervertebral_disc", "hd95"), "status"] == "failed"
     assert t.loc[("duke-1/CSS0007", "intervertebral_disc", "dice"), "status"] == "ok"
-    assert [(f.case_id, f.error_type) for f in data.failures] == [("duke-1/CSS0004", "MissingMetrics")]
+    assert [(f.case_id, f.error_type) for f in data.missing["nnunet-2d"]] == [("duke-1/CSS0004", "MissingMetrics")]
+    assert data.missing["nnunet-3d"] == () and data.failures == ()
 
 
 def test_empty_and_infinite_values_follow_the_declared_policy(tmp_path):
