@@ -60,22 +60,29 @@ _METRICS = textwrap.dedent(
     from audit.metrics import EmptyPolicy
     from audit.pipeline import resolve_sites
     from audit.protocol import load_protocol
+    from audit.cli import demo_protocol_path
     run = Path(sys.argv[1])
-    protocol = load_protocol(run / "protocol.yaml")
+    protocol = load_protocol(demo_protocol_path())  # this checkout's demo protocol (the run's file may have newer keys)
     maps = {c.name: c.label_map for c in resolve_sites(protocol, run / "cohort")}
     model = load_model(model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir)), device="cpu")
     names = metric_names(protocol.metrics.names, protocol.metrics.nsd_tolerances_mm)
     settings = EvaluationSettings(structures=protocol.structures, metrics=names,
                                   empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance))
     manifest = pd.read_csv(run / "manifest.csv")
-    jobs = [((r.case_id,), dict(label_path=r.label_path, prediction_path=r.prediction_path, reference_map=maps[r.site],
+    absolute = lambda p: str(p if Path(p).is_absolute() else run / p)
+    jobs = [((r.case_id,), dict(label_path=absolute(r.label_path), prediction_path=absolute(r.prediction_path), reference_map=maps[r.site],
              prediction_map=model.label_map, settings=settings, site=r.site)) for r in manifest.itertuples(index=False)]
     out = {}
     for workers in (1, 2):
         t0 = time.perf_counter()
-        tables = list(map_cases(evaluate_case, jobs, workers=workers))
+        try:
+            tables = list(map_cases(evaluate_case, jobs, workers=workers))
+        except Exception as exc:  # the previous code's pool could not pickle label maps
+            out[f"workers_{workers}_error"] = f"{type(exc).__name__}: {exc}"
+            continue
         out[f"workers_{workers}_s"] = round(time.perf_counter() - t0, 2)
-    out["speedup"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
+    if "workers_2_s" in out:
+        out["speedup"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
     out["n_cases"] = len(jobs)
     print(json.dumps(out))
     """
@@ -100,13 +107,13 @@ def main() -> None:
     versions = [("baseline", args.baseline, 1)] if args.baseline else []
     versions.append(("current", HERE, args.workers))
     with tempfile.TemporaryDirectory() as tmp:
+        if args.what == "metrics":  # one finished run (current code, one torch thread), scored by each version
+            _run("import torch; torch.set_num_threads(1)\n" + _DEMO, HERE, str(args.cases), str(Path(tmp) / "run"), "1")
         for name, checkout, workers in versions:
-            run_dir = Path(tmp) / name
             if args.what == "demo":
-                result = _run(_DEMO, checkout, str(args.cases), str(run_dir), str(workers))
+                result = _run(_DEMO, checkout, str(args.cases), str(Path(tmp) / name), str(workers))
             else:
-                _run(_DEMO, checkout, str(args.cases), str(run_dir), "2")  # a finished run to score
-                result = _run(_METRICS, checkout, str(run_dir))
+                result = _run(_METRICS, checkout, str(Path(tmp) / "run"))
             print(json.dumps({"benchmark": args.what, "code": name, "checkout": str(checkout), "cases": args.cases, "workers": workers,
                               "cpu_count": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 1), **result}), flush=True)
 
