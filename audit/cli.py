@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
 import shlex
 import sys
@@ -43,7 +44,9 @@ def _default_run_dir(name: str) -> Path:
     return Path("reports") / f"{slug}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _run(protocol_path: Path | None, protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool, from_stage: str = "sites") -> None:
+def _run(
+    protocol_path: Path | None, protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool, from_stage: str = "sites", sites: tuple[str, ...] = ()
+) -> None:
     from audit.pipeline import run_audit
 
     command = "spine-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -58,7 +61,8 @@ def _run(protocol_path: Path | None, protocol, run_dir: Path, device: str, worke
             bar.update(tasks[stage], completed=done, total=max(total, 1))
 
         summary = run_audit(
-            protocol, run_dir=run_dir, device=device, workers=workers, until=until, from_stage=from_stage, progress=progress, command=command
+            protocol, run_dir=run_dir, device=device, workers=workers, until=until, from_stage=from_stage, progress=progress, command=command,
+            sites=sites,
         )
     console.print(f"[bold]Run folder:[/bold] {summary.run_dir}")
     console.print(f"Cases: {summary.n_cases}   failed: {summary.n_failed}   time: {summary.duration_s:.1f} s")
@@ -81,14 +85,18 @@ def run(
     protocol: Path = typer.Argument(..., exists=True, dir_okay=False, help="Protocol YAML file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/<name>-<time>)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    workers: int = typer.Option(1, min=1, help="Parallel workers for loading and metrics."),
+    workers: int = typer.Option(1, min=1, help="Worker processes for checks, inference and metrics (1: this process)."),
     until: str = typer.Option("report", help="Last stage: sites, checks, inference, metrics, stats, report."),
     from_stage: str = typer.Option("sites", "--from", help="First stage; later stages reuse the run folder's earlier outputs."),
+    site: Optional[list[str]] = typer.Option(None, "--site", help="Run only this site of the protocol (repeatable): one site's part of a federated audit."),
+    bundle: bool = typer.Option(False, "--bundle", help="With --until metrics: write the de-identified site bundle <out>/site-bundle.zip (docs/scale.md)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the audit a protocol file pre-registers."""
+    from audit.federation import BundleError, bundle_run_folder, key_fingerprint
     from audit.fileio import LockedError
+    from audit.pipeline import SiteSelectionError
     from audit.protocol import ProtocolError, load_protocol
     from audit.runfolder import RunFolderError
 
@@ -101,10 +109,51 @@ def run(
     if out is None and from_stage != "sites":
         console.print("[red]--from needs --out:[/red] the run folder whose earlier outputs it reuses")
         raise typer.Exit(2)
+    if bundle and until != "metrics":
+        console.print(f"[red]--bundle needs --until metrics[/red] (a site bundle holds metrics, not statistics); found --until {until}")
+        raise typer.Exit(2)
+    run_dir = out or _default_run_dir(proto.name)
     try:
-        _run(protocol, proto, out or _default_run_dir(proto.name), device, workers, until, quiet, from_stage)
-    except (RunFolderError, LockedError) as exc:
+        if bundle:
+            key_fingerprint()  # a missing study key stops the run before any work
+        _run(protocol, proto, run_dir, device, workers, until, quiet, from_stage, tuple(site or ()))
+        if bundle:
+            console.print(f"[bold]Site bundle:[/bold] {bundle_run_folder(run_dir, proto)}")
+    except (RunFolderError, LockedError, SiteSelectionError, BundleError) as exc:
         console.print(f"[red]Cannot run:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def merge(
+    protocol: Path = typer.Argument(..., exists=True, dir_okay=False, help="The protocol file every site ran."),
+    bundles: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Site bundles (site-bundle.zip of each site)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder for the merged audit (default reports/<name>-<time>)."),
+    until: str = typer.Option("report", help="Last stage: stats or report."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Verify site bundles against one protocol, merge them, and run statistics and the report centrally."""
+    from audit.federation import BundleError, merge_into_run_folder
+    from audit.fileio import LockedError
+    from audit.protocol import ProtocolError, load_protocol
+    from audit.runfolder import RunFolderError
+
+    _setup_logging(verbose)
+    if until not in ("stats", "report"):
+        console.print(f"[red]--until:[/red] allowed values are ['stats', 'report']; found {until!r}")
+        raise typer.Exit(2)
+    try:
+        proto = load_protocol(protocol)
+        run_dir = out or _default_run_dir(proto.name)
+        merged = merge_into_run_folder(proto, bundles, run_dir)
+        console.print(f"Merged {len(bundles)} bundles: {merged.manifest['site'].nunique()} sites, {len(merged.manifest)} cases")
+        _run(protocol, proto, run_dir, "cpu", 1, until, quiet, "stats")
+    except ProtocolError as exc:
+        console.print(f"[red]Invalid protocol:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except (BundleError, RunFolderError, LockedError) as exc:
+        console.print(f"[red]Cannot merge:[/red] {exc}")
         raise typer.Exit(2) from None
 
 
@@ -114,6 +163,7 @@ def demo(
     cases: Optional[int] = typer.Option(None, "--cases", "-n", min=8, help="Number of synthetic cases (default: the demo protocol's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Cohort seed (default: the demo protocol's)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    workers: int = typer.Option(0, min=0, help="Worker processes (0: one per CPU core)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
@@ -129,7 +179,7 @@ def demo(
     cohort = dataclasses.replace(cohort, n_cases=cases or cohort.n_cases, seed=cohort.seed if seed is None else seed)
     proto = dataclasses.replace(proto, synthetic_cohort=cohort)
     start = time.perf_counter()
-    _run(None, proto, out or _default_run_dir("demo"), device, 1, "report", quiet)
+    _run(None, proto, out or _default_run_dir("demo"), device, workers or os.cpu_count() or 1, "report", quiet)
     console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
 
 

@@ -80,7 +80,7 @@ def test_site_means_equal_a_pandas_recomputation_of_the_input_table(metrics_run)
     rows = [r for r in results["statistics"]["group_estimates"] if r["axis"] == "site" and r["metric"] == "dice"]
     assert len(rows) == 4
     for r in rows:
-        np.testing.assert_allclose(r["estimate"], expected[(r["group"], r["structure"])], rtol=1e-12)
+        np.testing.assert_allclose(r["mean"], expected[(r["group"], r["structure"])], rtol=1e-12)
 
 
 def test_protocol_in_metrics_mode_needs_no_sites_and_checks_the_model_name(tmp_path):
