@@ -69,11 +69,24 @@ def load_image_checked(path: str | Path, *, role: str = "image", load_data: bool
     """
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        img = _read_nifti_once(path) if load_data and path.name.lower().endswith((".nii", ".nii.gz")) else nib.load(str(path))
         data = np.asanyarray(img.dataobj) if load_data else None
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise CorruptImageError(f"{role} {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
     return img, data
+
+
+def _read_nifti_once(path: Path) -> Any:
+    """A NIfTI image decoded from one read of the file (nibabel's ``load`` opens it up to three times)."""
+    raw = path.read_bytes()
+    raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    try:
+        return nib.Nifti1Image.from_bytes(raw)
+    except Exception:  # noqa: BLE001 - NIfTI-2, or a corrupt header reported below
+        try:
+            return nib.Nifti2Image.from_bytes(raw)
+        except Exception as exc:
+            raise ValueError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
 
 
 def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

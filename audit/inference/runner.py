@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
+import gzip
 import hashlib
 import logging
 import time
@@ -97,11 +99,21 @@ class _Prepared:
 
 
 def _reference_grid(label_path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    img = nib.load(str(label_path))  # header only; voxels are not read
-    shape = tuple(int(s) for s in img.shape[:3])
-    if len(img.shape) > 3 and any(s != 1 for s in img.shape[3:]):
-        raise ValueError(f"label_path: reference {label_path} is not 3-D; shape {img.shape}")
-    return shape, np.asarray(img.affine, dtype=np.float64)
+    """Shape and affine from the reference's header: one open, voxels not read (``nib.load`` opens twice)."""
+    name = str(label_path)
+    if name.lower().endswith((".nii", ".nii.gz")):
+        with open(name, "rb") as raw, (gzip.GzipFile(fileobj=raw) if name.lower().endswith(".gz") else contextlib.nullcontext(raw)) as fh:
+            block = fh.read(540)  # a NIfTI-2 header is 540 bytes, NIfTI-1 348
+        nifti2 = 540 in (int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big"))
+        header_cls = nib.Nifti2Header if nifti2 else nib.Nifti1Header
+        header = header_cls(binaryblock=block[: header_cls.sizeof_hdr])  # the header alone: extensions not needed
+        shape, affine = tuple(header.get_data_shape()), header.get_best_affine()
+    else:
+        img = nib.load(name)
+        shape, affine = img.shape, img.affine
+    if len(shape) > 3 and any(s != 1 for s in shape[3:]):
+        raise ValueError(f"label_path: reference {label_path} is not 3-D; shape {shape}")
+    return tuple(int(s) for s in shape[:3]), np.asarray(affine, dtype=np.float64)
 
 
 def _predictions_source(model: LoadedModel, case: InferenceCase) -> Path:
