@@ -43,8 +43,12 @@ class ModelPlugin(WorkerPlugin):
         self.loads = 0
 
     def setup(self, worker: Any) -> None:
+        import torch
+
         from audit.inference import load_model
 
+        # torch threads = the worker's dask threads: two 1-thread workers on 2 cores must not spin 4 threads
+        torch.set_num_threads(max(1, int(getattr(worker, "nthreads", 1) or 1)))
         self.model = load_model(self.spec, device=self.device)
         self.loads += 1
         logger.info("worker %s loaded model %s on %s", getattr(worker, "address", "?"), self.model.sha256[:12], self.model.device)
