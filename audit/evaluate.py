@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,9 +64,9 @@ def metric_names(names: Sequence[str], nsd_tolerances_mm: Sequence[float]) -> tu
     return base + tuple(f"nsd_{t:g}mm" for t in nsd_tolerances_mm)
 
 
-def _load_labels(path: str, what: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+def _load_labels(path: str, what: str, raw: bytes | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     try:
-        data, spacing, affine = load_labels_with_affine(path)
+        data, spacing, affine = load_labels_with_affine(path, data=raw)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise ValueError(f"{what} file {path!r} cannot be read: {type(exc).__name__}: {exc}") from exc
     if data.ndim != 3:
@@ -83,16 +83,19 @@ def evaluate_case(
     prediction_map: ontology.LabelMap,
     settings: EvaluationSettings,
     site: str = "Unknown",
+    file_bytes: Mapping[str, bytes] | None = None,
 ) -> pd.DataFrame | CaseFailure:
     """Compute the metric-table rows of one case, or return why it failed.
 
     The metrics are computed in the reference segmentation's native grid with its voxel spacing; the
-    prediction must already be on that grid (the inference stage resamples it back).
+    prediction must already be on that grid (the inference stage resamples it back). ``file_bytes`` maps a
+    path to the bytes already read from it (the metric cache hashes them), so no file is read twice.
     """
     stage = "harmonize"
+    known = file_bytes or {}
     try:
-        reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label")
-        prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction")
+        reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label", known.get(str(label_path)))
+        prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction", known.get(str(prediction_path)))
         if reference_raw.shape != prediction_raw.shape:
             raise ValueError(f"prediction shape {prediction_raw.shape} differs from reference shape {reference_raw.shape}")
         if not np.allclose(ref_affine, pred_affine, atol=AFFINE_ATOL_MM):

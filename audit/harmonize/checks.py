@@ -78,15 +78,9 @@ def load_image_checked(path: str | Path, *, role: str = "image", load_data: bool
 
 def _read_nifti_once(path: Path) -> Any:
     """A NIfTI image decoded from one read of the file (nibabel's ``load`` opens it up to three times)."""
-    raw = path.read_bytes()
-    raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    try:
-        return nib.Nifti1Image.from_bytes(raw)
-    except Exception:  # noqa: BLE001 - NIfTI-2, or a corrupt header reported below
-        try:
-            return nib.Nifti2Image.from_bytes(raw)
-        except Exception as exc:
-            raise ValueError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    from audit.harmonize.geometry import nifti_from_bytes
+
+    return nifti_from_bytes(path.read_bytes(), name=str(path))
 
 
 def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

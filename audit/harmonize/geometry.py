@@ -31,6 +31,7 @@ __all__ = [
     "Volume",
     "file_sha256",
     "load_volume",
+    "nifti_from_bytes",
     "volume_from_bytes",
     "orientation_of",
     "reorient",
@@ -111,15 +112,27 @@ def volume_from_bytes(data: bytes, *, name: str = "<bytes>", dtype: type | None 
         Cast the voxel values (``np.float32`` for images); ``None`` keeps the stored dtype
         after scaling (labels keep their integer type when the file has no scaling).
     """
+    return _volume_from_image(nifti_from_bytes(data, name=name), name=name, dtype=dtype)
+
+
+def nifti_from_bytes(data: bytes, *, name: str = "<bytes>") -> nib.spatialimages.SpatialImage:
+    """A NIfTI-1 or NIfTI-2 image decoded from a file's bytes (gzip-compressed or not), voxels in memory.
+
+    Reading a file once and decoding it here opens it once; ``nib.load`` opens it two or three times.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` when neither reader accepts the bytes.
+    """
     raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     try:
-        img = nib.Nifti1Image.from_bytes(raw)
+        return nib.Nifti1Image.from_bytes(raw)
     except Exception:  # noqa: BLE001 - NIfTI-2 or a corrupt header: try the other reader, then report
         try:
-            img = nib.Nifti2Image.from_bytes(raw)
+            return nib.Nifti2Image.from_bytes(raw)
         except Exception as exc:
             raise ValueError(f"{name}: not a readable NIfTI file ({exc})") from None
-    return _volume_from_image(img, name=name, dtype=dtype)
 
 
 def _volume_from_image(img: nib.spatialimages.SpatialImage, *, name: str, dtype: type | None) -> Volume:

@@ -19,7 +19,7 @@ def load_labels(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return arr, spacing
 
 
-def load_labels_with_affine(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+def load_labels_with_affine(path: str | Path, *, data: bytes | None = None) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     """Load a NIfTI label file as an integer array, its voxel spacing in mm (array-axis order) and its affine.
 
     The array is read through ``img.dataobj`` (never ``get_fdata``), so integer labels stay integers.
@@ -28,12 +28,20 @@ def load_labels_with_affine(path: str | Path) -> tuple[np.ndarray, tuple[float, 
 
     Trailing singleton dimensions (``x, y, z, 1``) are dropped.
 
+    ``data`` (the file's bytes, already read) decodes a NIfTI file without opening it again; a NIfTI
+    ``path`` alone is also read once.
+
     Raises
     ------
     ValueError
         If the file holds non-integer label values.
     """
-    img = nib.load(str(path))
+    if data is not None or str(path).lower().endswith((".nii", ".nii.gz")):
+        from audit.harmonize.geometry import nifti_from_bytes
+
+        img = nifti_from_bytes(Path(path).read_bytes() if data is None else data, name=str(path))
+    else:
+        img = nib.load(str(path))
     arr = np.asanyarray(img.dataobj)
     while arr.ndim > 3 and arr.shape[-1] == 1:  # (x, y, z, 1) label files written by some tools
         arr = arr[..., 0]

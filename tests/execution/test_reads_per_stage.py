@@ -1,4 +1,4 @@
-"""Each image and label file is opened once per stage (checks on the executor, inference).
+"""Each image, label and prediction file is opened once per stage (checks, inference, metrics).
 
 File opens are counted by wrapping ``builtins.open``/``io.open`` (nibabel, gzip and pathlib all go through
 them) while one stage function runs in this process.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from audit.cli import demo_protocol_path
-from audit.pipeline import StageContext, run_audit, stage_checks, stage_inference
+from audit.pipeline import StageContext, run_audit, stage_checks, stage_inference, stage_metrics
 from audit.protocol import load_protocol
 from audit.runfolder import RunFolder
 
@@ -25,7 +25,7 @@ def sites_done(tmp_path_factory):
     protocol = load_protocol(demo_protocol_path())
     protocol = dataclasses.replace(protocol, synthetic_cohort=dataclasses.replace(protocol.synthetic_cohort, n_cases=8, seed=5))
     run = tmp_path_factory.mktemp("reads") / "run"
-    run_audit(protocol, run_dir=run, device="cpu", until="sites")
+    run_audit(protocol, run_dir=run, device="cpu", until="inference")
     return protocol, RunFolder(run)
 
 
@@ -45,12 +45,16 @@ def count_opens(monkeypatch, fn):
     return counts
 
 
-@pytest.mark.parametrize("stage", [stage_checks, stage_inference], ids=["checks", "inference"])
-def test_each_image_and_label_is_opened_once_per_stage(sites_done, monkeypatch, stage):
+@pytest.mark.parametrize(
+    ("stage", "columns"),
+    [(stage_checks, ("image_path", "label_path")), (stage_inference, ("image_path", "label_path")), (stage_metrics, ("label_path", "prediction_path"))],
+    ids=["checks", "inference", "metrics"],
+)
+def test_each_file_is_opened_once_per_stage(sites_done, monkeypatch, stage, columns):
     protocol, folder = sites_done
     manifest = folder.read_manifest()
     ctx = StageContext(protocol=protocol, folder=folder, device="cpu")
     counts = count_opens(monkeypatch, lambda: stage(ctx))
-    for column in ("image_path", "label_path"):
+    for column in columns:
         opened = [counts[str(Path(p).resolve())] for p in manifest[column]]
         assert opened == [1] * len(manifest), (column, opened)
