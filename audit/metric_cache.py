@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,15 @@ def _label_map_doc(label_map: LabelMap) -> dict[str, Any]:
 
 
 def metric_cache_key(
-    *, label_path: str | Path, prediction_path: str | Path, reference_map: LabelMap, prediction_map: LabelMap, settings: EvaluationSettings
+    *,
+    label_path: str | Path,
+    prediction_path: str | Path,
+    reference_map: LabelMap,
+    prediction_map: LabelMap,
+    settings: EvaluationSettings,
+    annotated: Collection[str] | None = None,
 ) -> str:
-    """SHA-256 of the inputs that determine a case's metric rows (file contents, label maps, settings).
+    """SHA-256 of the inputs that determine a case's metric rows (file contents, label maps, settings, annotated structures).
 
     Examples
     --------
@@ -63,10 +70,17 @@ def metric_cache_key(
     >>> k == metric_cache_key(label_path=d / "b", prediction_path=d / "a", reference_map=m, prediction_map=m, settings=s)
     False
     """
-    return _key(_file_sha256(label_path), _file_sha256(prediction_path), reference_map, prediction_map, settings)
+    return _key(_file_sha256(label_path), _file_sha256(prediction_path), reference_map, prediction_map, settings, annotated)
 
 
-def _key(reference_sha256: str, prediction_sha256: str, reference_map: LabelMap, prediction_map: LabelMap, settings: EvaluationSettings) -> str:
+def _key(
+    reference_sha256: str,
+    prediction_sha256: str,
+    reference_map: LabelMap,
+    prediction_map: LabelMap,
+    settings: EvaluationSettings,
+    annotated: Collection[str] | None,
+) -> str:
     doc = {
         "version": METRIC_CACHE_VERSION,
         "reference": reference_sha256,
@@ -74,6 +88,7 @@ def _key(reference_sha256: str, prediction_sha256: str, reference_map: LabelMap,
         "reference_map": _label_map_doc(reference_map),
         "prediction_map": _label_map_doc(prediction_map),
         "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
+        "annotated": None if annotated is None else sorted(annotated),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -117,7 +132,10 @@ def evaluate_case_cached(case_id: str, *, cache_dir: str | Path, **kwargs: Any) 
     except OSError:
         return evaluate_case(case_id, **kwargs)
     digest = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
-    key = _key(digest[str(kwargs["label_path"])], digest[str(kwargs["prediction_path"])], kwargs["reference_map"], kwargs["prediction_map"], kwargs["settings"])
+    key = _key(
+        digest[str(kwargs["label_path"])], digest[str(kwargs["prediction_path"])], kwargs["reference_map"], kwargs["prediction_map"],
+        kwargs["settings"], kwargs.get("annotated"),
+    )
     kwargs = {**kwargs, "file_bytes": blobs}
     path = _entry(cache_dir, key)
     cached = _load(path, case_id)

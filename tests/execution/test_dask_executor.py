@@ -17,6 +17,7 @@ from audit.execution import ExecutionSettings, open_executor
 from audit.metrics import EmptyPolicy
 from audit.pipeline import resolve_sites
 from audit.protocol import load_protocol
+from audit.runfolder import RunFolder
 
 from execution_testlib import always_kill_worker, kill_once_then, kill_worker_once, square_plus, square_with_pid
 
@@ -74,7 +75,7 @@ def _metric_jobs(run_dir: Path):
     settings = EvaluationSettings(
         structures=protocol.structures, metrics=names, empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance)
     )
-    manifest = pd.read_csv(run_dir / "manifest.csv").head(6)  # six cases keep the test quick
+    manifest = RunFolder(run_dir).read_manifest().head(6)  # absolute paths; six cases keep the test quick
     return [
         (
             (r.case_id,),
@@ -111,7 +112,7 @@ def test_inference_loads_one_model_per_worker_and_equals_the_local_runner(dask_e
 
     run_dir, _ = demo_run
     _, model = _metric_jobs(run_dir)
-    manifest = pd.read_csv(run_dir / "manifest.csv").head(4)
+    manifest = RunFolder(run_dir).read_manifest().head(4)
     cases = [InferenceCase(r.case_id, r.image_path, r.label_path, r.site) for r in manifest.itertuples(index=False)]
     out = list(run_inference_on(dask_executor, model, cases, cache_dir=tmp_path / "predictions", device="cpu"))
     assert [r.case_id for r in out] == list(manifest["case_id"]) and all(isinstance(r, InferenceResult) for r in out)
