@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit.errors import UserError
 from audit.records import MANIFEST_COLUMNS, CaseFailure, failure_table, validate_manifest, validate_metric_table
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ _MAX_MEMBER_BYTES = 2 << 30  # a bundle member larger than 2 GiB is refused befo
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed member timestamps: equal contents give equal bundles
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """A bundle that is unreadable, altered, or does not belong to the protocol or study being merged."""
 
 

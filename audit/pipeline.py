@@ -22,11 +22,13 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from audit.errors import UserError
 from audit.evaluate import EvaluationSettings, metric_names, not_annotated
 from audit.execution import Executor, map_cases, open_executor
+from audit.harmonize.privacy import scrub_case_paths
 from audit.metric_cache import evaluate_case_cached
 from audit.metrics import EmptyPolicy, metric_spec
-from audit.protocol import Protocol, protocol_to_dict
+from audit.protocol import Protocol, protocol_to_dict, validate_against_manifest, validate_inputs
 from audit.records import MANIFEST_COLUMNS, CaseFailure, failed_case_rows
 from audit.results import results_document
 from audit.runfolder import STAGES, RunFolder
@@ -165,7 +167,7 @@ def metric_directions(protocol: Protocol, names: Sequence[str]) -> dict[str, boo
     return declared_directions(names, parse_metric_input(protocol.metric_input, base_dir=protocol.base_dir).declared_metrics)
 
 
-class SiteSelectionError(ValueError):
+class SiteSelectionError(UserError, ValueError):
     """``--site`` names a site the protocol does not have."""
 
 
@@ -178,6 +180,13 @@ def _selected(configs: list[Any], only: Sequence[str]) -> list[Any]:
     if unknown:
         raise SiteSelectionError(f"--site: the protocol's sites are {names}; found {unknown}")
     return [c for c in configs if c.name in only]
+
+
+def _write_failures(ctx: StageContext, stage: str, failures: Sequence[CaseFailure], manifest: pd.DataFrame) -> None:
+    """Record a stage's failures, file paths of pseudonymizing sites' cases replaced by ``<case_id role>``."""
+    hidden = [name for name, c in _site_configs(ctx).items() if c.option("pseudonymize", False)]
+    scrubbed, _ = scrub_case_paths(failures, pd.DataFrame(), manifest, hidden)
+    ctx.folder.write_failures(stage, scrubbed)
 
 
 def _failed_ids(failures: Sequence[CaseFailure]) -> set[str]:
@@ -205,7 +214,7 @@ def stage_sites(ctx: StageContext) -> dict[str, Any]:
         failures = [dataclasses.replace(f, case_id=renamed.get(id(f), f.case_id)) for f in failures]
         manifest = pd.concat([manifest, extra], ignore_index=True)
     ctx.folder.write_manifest(manifest)
-    ctx.folder.write_failures("sites", failures)
+    _write_failures(ctx, "sites", failures, manifest)
     ctx.progress("sites", 1, 1)
     logger.info("manifest: %d cases from %d sites, %d adapter failures", len(manifest), len(configs), len(failures))
     return {"cohort": _cohort_settings(ctx.protocol)}
@@ -215,9 +224,10 @@ def stage_checks(ctx: StageContext) -> None:
     """Voxel-level checks (corrupt files, image/label geometry, unknown label values) of each readable case."""
     from audit.harmonize.checks import check_case
 
-    if ctx.protocol.input == "metrics":
-        return None
     manifest, failed = ctx.folder.read_manifest(), _failed_ids(ctx.folder.read_failures(before="checks"))
+    validate_against_manifest(ctx.protocol, manifest)  # subgroup columns and groups exist: after sites, before inference
+    if ctx.protocol.input == "metrics":
+        return None  # no images to check
     site_maps = _site_label_maps(ctx)
     failures: list[CaseFailure] = []
     rows = [r for r in manifest.itertuples(index=False) if r.case_id not in failed]
@@ -225,7 +235,7 @@ def stage_checks(ctx: StageContext) -> None:
     for i, check in enumerate(map_cases(check_case, jobs, workers=ctx.workers, executor=ctx.executor)):
         failures.extend(check.failures)
         ctx.progress("checks", i + 1, len(rows))
-    ctx.folder.write_failures("checks", failures)
+    _write_failures(ctx, "checks", failures, manifest)
     return None
 
 
@@ -272,7 +282,7 @@ def stage_inference(ctx: StageContext) -> None:
     manifest["prediction_path"] = manifest["case_id"].map(predictions)
     ctx.folder.write_manifest(manifest)
     ctx.folder.write_model(model_identity(model))
-    ctx.folder.write_failures("inference", failures)
+    _write_failures(ctx, "inference", failures, manifest)
 
 
 def stage_metrics(ctx: StageContext) -> None:
@@ -322,7 +332,9 @@ def stage_metrics(ctx: StageContext) -> None:
         scored[cid] if cid in scored else failed_case_rows(cid, settings.structures, settings.metrics, "; ".join(errors[cid]), not_assessed=skipped(site))
         for cid, site in zip(manifest["case_id"], manifest["site"])
     ]
-    folder.write_metrics(pd.concat(frames, ignore_index=True))
+    hidden = [name for name, c in configs.items() if c.option("pseudonymize", False)]
+    failures, metric_table = scrub_case_paths(failures, pd.concat(frames, ignore_index=True), manifest, hidden)
+    folder.write_metrics(metric_table)
     folder.write_failures("metrics", failures)
 
 
@@ -425,6 +437,7 @@ def run_audit(
         if value not in STAGES:
             raise ValueError(f"{option}: allowed values are {list(STAGES)}; found {value!r}")
     t0 = time.perf_counter()
+    validate_inputs(protocol)  # model path, site configs, roots, environment variables: before anything is written
     folder = RunFolder(run_dir)
     stages = STAGES[STAGES.index(from_stage) : STAGES.index(until) + 1]
     per_case = protocol.input == "images" and bool(set(stages) & {"checks", "inference", "metrics"})

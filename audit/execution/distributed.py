@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from audit.errors import UserError
 from audit.execution.base import Executor, Job, OnError, call_job
 from audit.execution.settings import ExecutionSettings, SlurmSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DaskExecutor", "JOBQUEUE_INSTALL_HINT", "slurm_cluster_kwargs", "start_slurm_cluster"]
+__all__ = ["DaskExecutor", "JOBQUEUE_INSTALL_HINT", "MissingDependencyError", "slurm_cluster_kwargs", "start_slurm_cluster"]
 
 JOBQUEUE_INSTALL_HINT = (
     "execution.cluster: 'slurm' needs the optional package dask-jobqueue; install it with "
@@ -27,6 +28,10 @@ JOBQUEUE_INSTALL_HINT = (
 )
 #: Tasks kept in flight per worker; bounds scheduler memory for very large audits.
 TASKS_IN_FLIGHT_PER_WORKER = 16
+
+
+class SchedulerUnreachableError(UserError, OSError):
+    """``execution.scheduler`` names an address where no dask scheduler answers."""
 
 
 class DaskExecutor(Executor):
@@ -70,7 +75,7 @@ class DaskExecutor(Executor):
         try:
             client = Client(address, timeout=timeout)
         except OSError as exc:
-            raise OSError(f"execution.scheduler: cannot reach the dask scheduler at {address!r}: {exc}") from exc
+            raise SchedulerUnreachableError(f"execution.scheduler: cannot reach the dask scheduler at {address!r}: {exc}") from exc
         return cls(client)
 
     def map(
@@ -123,6 +128,10 @@ class DaskExecutor(Executor):
             self.cluster.close()
 
 
+class MissingDependencyError(UserError, ImportError):
+    """An optional package the settings need is not installed (the message says how to install it)."""
+
+
 def slurm_cluster_kwargs(settings: ExecutionSettings) -> dict[str, Any]:
     """Translate the protocol's ``execution.slurm`` section into ``dask_jobqueue.SLURMCluster`` arguments.
 
@@ -169,7 +178,7 @@ def start_slurm_cluster(settings: ExecutionSettings, jobs: int) -> DaskExecutor:
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:
-        raise ImportError(JOBQUEUE_INSTALL_HINT) from exc
+        raise MissingDependencyError(JOBQUEUE_INSTALL_HINT) from exc
     from distributed import Client
 
     cluster = SLURMCluster(**slurm_cluster_kwargs(settings))

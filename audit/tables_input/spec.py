@@ -32,6 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from audit.errors import UserError
 __all__ = [
     "LAYOUTS",
     "MISSING_VALUE_POLICIES",
@@ -49,7 +50,7 @@ MISSING_VALUE_POLICIES: tuple[str, ...] = ("failed", "both_empty")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class MetricInputError(ValueError):
+class MetricInputError(UserError, ValueError):
     """A ``metric_input`` section or table that does not follow the schema; the message names the field."""
 
 
