@@ -70,21 +70,10 @@ def metric_cache_key(
     >>> k == metric_cache_key(label_path=d / "b", prediction_path=d / "a", reference_map=m, prediction_map=m, settings=s)
     False
     """
-    return _key(_file_sha256(label_path), _file_sha256(prediction_path), reference_map, prediction_map, settings, annotated)
-
-
-def _key(
-    reference_sha256: str,
-    prediction_sha256: str,
-    reference_map: LabelMap,
-    prediction_map: LabelMap,
-    settings: EvaluationSettings,
-    annotated: Collection[str] | None,
-) -> str:
     doc = {
         "version": METRIC_CACHE_VERSION,
-        "reference": reference_sha256,
-        "prediction": prediction_sha256,
+        "reference": _file_sha256(label_path),
+        "prediction": _file_sha256(prediction_path),
         "reference_map": _label_map_doc(reference_map),
         "prediction_map": _label_map_doc(prediction_map),
         "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
@@ -127,16 +116,17 @@ def evaluate_case_cached(case_id: str, *, cache_dir: str | Path, **kwargs: Any) 
     the case's failure.
     """
     cache_dir = Path(cache_dir)
-    try:  # each file is read once: hashed here, decoded from the same bytes by evaluate_case
-        blobs = {str(kwargs[k]): Path(kwargs[k]).read_bytes() for k in ("label_path", "prediction_path")}
+    try:
+        key = metric_cache_key(
+            label_path=kwargs["label_path"],
+            prediction_path=kwargs["prediction_path"],
+            reference_map=kwargs["reference_map"],
+            prediction_map=kwargs["prediction_map"],
+            settings=kwargs["settings"],
+            annotated=kwargs.get("annotated"),
+        )
     except OSError:
         return evaluate_case(case_id, **kwargs)
-    digest = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
-    key = _key(
-        digest[str(kwargs["label_path"])], digest[str(kwargs["prediction_path"])], kwargs["reference_map"], kwargs["prediction_map"],
-        kwargs["settings"], kwargs.get("annotated"),
-    )
-    kwargs = {**kwargs, "file_bytes": blobs}
     path = _entry(cache_dir, key)
     cached = _load(path, case_id)
     if cached is not None:

@@ -154,7 +154,10 @@ def _failed_manifest_rows(failures: Sequence[CaseFailure], manifest: pd.DataFram
 def _evaluation_settings(protocol: Protocol) -> EvaluationSettings:
     names = metric_names(protocol.metrics.names, protocol.metrics.nsd_tolerances_mm)
     return EvaluationSettings(
-        structures=protocol.structures, metrics=names, empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance)
+        structures=protocol.structures,
+        metrics=names,
+        empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance),
+        limits=protocol.limits,
     )
 
 
@@ -231,7 +234,7 @@ def stage_checks(ctx: StageContext) -> None:
     site_maps = _site_label_maps(ctx)
     failures: list[CaseFailure] = []
     rows = [r for r in manifest.itertuples(index=False) if r.case_id not in failed]
-    jobs = (((r.case_id, r.image_path, r.label_path, site_maps[r.site]), {"site": r.site}) for r in rows)
+    jobs = (((r.case_id, r.image_path, r.label_path, site_maps[r.site]), {"site": r.site, "limits": ctx.protocol.limits}) for r in rows)
     for i, check in enumerate(map_cases(check_case, jobs, workers=ctx.workers, executor=ctx.executor)):
         failures.extend(check.failures)
         ctx.progress("checks", i + 1, len(rows))
@@ -272,7 +275,7 @@ def stage_inference(ctx: StageContext) -> None:
     progress = ctx.progress
     inference = run_inference_on(
         ctx.executor or open_executor(workers=1), model, cases, cache_dir=ctx.folder.predictions_dir, device=ctx.device, workers=ctx.workers,
-        progress=lambda d, t: progress("inference", d, t),
+        progress=lambda d, t: progress("inference", d, t), limits=ctx.protocol.limits,
     )
     for result in inference:
         if isinstance(result, InferenceResult):
@@ -436,8 +439,12 @@ def run_audit(
     for option, value in (("until", until), ("from", from_stage)):
         if value not in STAGES:
             raise ValueError(f"{option}: allowed values are {list(STAGES)}; found {value!r}")
+    from audit.inference import model_spec_from_dict, vet_model
+
     t0 = time.perf_counter()
     validate_inputs(protocol)  # model path, site configs, roots, environment variables: before anything is written
+    if protocol.input == "images":  # a metric-table audit has no model file
+        vet_model(model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir)))  # model trust checks, still before anything is written
     folder = RunFolder(run_dir)
     stages = STAGES[STAGES.index(from_stage) : STAGES.index(until) + 1]
     per_case = protocol.input == "images" and bool(set(stages) & {"checks", "inference", "metrics"})

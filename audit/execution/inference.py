@@ -26,7 +26,7 @@ __all__ = ["predict_in_process", "run_inference_on"]
 _PROCESS_MODELS: dict[tuple[str, str], Any] = {}
 
 
-def predict_in_process(case: Any, *, spec: Any, model_sha256: str, device: str, threads: int, cache_dir: str) -> Any:
+def predict_in_process(case: Any, *, spec: Any, model_sha256: str, device: str, threads: int, cache_dir: str, limits: Any = None) -> Any:
     """Predict one case in a local pool worker with the model that process loaded on its first case.
 
     ``threads`` caps torch's intra-op threads per process. On 2 shared cores, two processes with one thread
@@ -43,7 +43,7 @@ def predict_in_process(case: Any, *, spec: Any, model_sha256: str, device: str, 
 
             torch.set_num_threads(threads)
             model = _PROCESS_MODELS[key] = load_model(spec, device=device)
-        return predict_case(model, case, cache_dir=Path(cache_dir))
+        return predict_case(model, case, cache_dir=Path(cache_dir), limits=limits)
     except Exception as exc:  # one bad case must never stop the audit
         logger.warning("inference failed for %s: %s: %s", case.case_id, type(exc).__name__, exc)
         return CaseFailure.from_exception(case.case_id, "inference", exc, site=case.site)
@@ -63,6 +63,7 @@ def run_inference_on(
     device: str,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    limits: Any = None,
 ) -> Iterator[Any]:
     """Predict every case on ``executor``, yielding results or failures in input order.
 
@@ -89,7 +90,7 @@ def run_inference_on(
 
     if executor.kind == "serial" or (executor.kind == "processes" and model.device.type != "cpu"):
         # one process: the threaded prefetching runner (a GPU is shared best by one process)
-        yield from run_inference(model, cases, cache_dir=cache_dir, workers=workers, progress=progress)
+        yield from run_inference(model, cases, cache_dir=cache_dir, workers=workers, progress=progress, limits=limits)
         return
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -102,12 +103,12 @@ def run_inference_on(
         executor.client.register_plugin(ModelPlugin(model.spec, device), name=MODEL_PLUGIN)  # type: ignore[attr-defined]
         resources = {"GPU": 1.0} if _gpu_workers(executor) else None
         fn: Callable[..., Any] = predict_on_worker
-        jobs: list[Job] = [((case,), {"cache_dir": str(cache_dir)}) for case in todo]
+        jobs: list[Job] = [((case,), {"cache_dir": str(cache_dir), "limits": limits}) for case in todo]
     else:
         # one torch thread per forked process: safe after fork (no OpenMP pool inherited) and no oversubscription
         threads = 1
         fn = predict_in_process
-        common = {"spec": model.spec, "model_sha256": model.sha256, "device": str(model.device), "threads": threads, "cache_dir": str(cache_dir)}
+        common = {"spec": model.spec, "model_sha256": model.sha256, "device": str(model.device), "threads": threads, "cache_dir": str(cache_dir), "limits": limits}
         jobs = [((case,), common) for case in todo]
 
     def lost(i: int, job: Job, exc: BaseException) -> CaseFailure:

@@ -57,7 +57,7 @@ class ModelPlugin(WorkerPlugin):
         self.model = None
 
 
-def predict_on_worker(case: Any, *, cache_dir: str) -> Any:
+def predict_on_worker(case: Any, *, cache_dir: str, limits: Any = None) -> Any:
     """Predict one case with this worker's model (prediction cache honoured).
 
     Returns an :class:`~audit.inference.InferenceResult`, or a :class:`~audit.records.CaseFailure` for a bad case.
@@ -66,7 +66,7 @@ def predict_on_worker(case: Any, *, cache_dir: str) -> Any:
 
     plugin = get_worker().plugins[MODEL_PLUGIN]
     try:
-        return predict_case(plugin.model, case, cache_dir=Path(cache_dir))
+        return predict_case(plugin.model, case, cache_dir=Path(cache_dir), limits=limits)
     except Exception as exc:  # one bad case must never stop the audit
         logger.warning("inference failed for %s: %s: %s", case.case_id, type(exc).__name__, exc)
         return CaseFailure.from_exception(case.case_id, "inference", exc, site=case.site)
