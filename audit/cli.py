@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import os
 import re
 import shlex
 import sys
@@ -120,7 +121,8 @@ def _remove_if_empty(created: list[Path]) -> None:
 
 
 def _run(
-    protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool, fail_on_criteria: bool, from_stage: str = "sites"
+    protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool, fail_on_criteria: bool, from_stage: str = "sites",
+    sites: tuple[str, ...] = (),
 ) -> None:
     """Run the pipeline with progress bars, print the summary, and exit 3 on unmet criteria when asked."""
     from audit.pipeline import STAGES, run_audit
@@ -146,7 +148,8 @@ def _run(
                 bar.update(tasks[stage], completed=done, total=max(total, 1))
 
             summary = run_audit(
-                protocol, run_dir=run_dir, device=device, workers=workers, until=until, from_stage=from_stage, progress=progress, command=command
+                protocol, run_dir=run_dir, device=device, workers=workers, until=until, from_stage=from_stage, progress=progress, command=command,
+                sites=sites,
             )
     except BaseException:
         _remove_if_empty(created)  # no empty run folder left behind
@@ -177,22 +180,58 @@ def run(
     protocol: Path = typer.Argument(..., help="Protocol YAML file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/<name>-<time>)."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
-    workers: int = typer.Option(1, help="Parallel workers for loading and metrics (at least 1)."),
+    workers: int = typer.Option(1, help="Worker processes for checks, inference and metrics (1: this process)."),
     until: str = typer.Option("report", help="Last stage: sites, checks, inference, metrics, stats, report."),
     from_stage: str = typer.Option("sites", "--from", help="First stage; later stages reuse the run folder's earlier outputs (needs --out)."),
+    site: Optional[list[str]] = typer.Option(None, "--site", help="Run only this site of the protocol (repeatable): one site's part of a federated audit."),
+    bundle: bool = typer.Option(False, "--bundle", help="With --until metrics: write the de-identified site bundle <out>/site-bundle.zip (docs/scale.md)."),
     fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Run the audit a protocol file pre-registers."""
+    from audit.federation import bundle_run_folder, key_fingerprint
     from audit.protocol import load_protocol
 
     _setup_logging(verbose)
     proto = load_protocol(protocol)
     if out is None and from_stage != "sites":
         raise UserError("--from: needs --out, the run folder whose earlier outputs it reuses")
-    _run(proto, out or _default_run_dir(proto.name), device, workers, until, quiet, fail_on_criteria, from_stage)
+    if bundle and until != "metrics":
+        raise UserError(f"--bundle: needs --until metrics (a site bundle holds metrics, not statistics); found --until {until}")
+    if bundle:
+        key_fingerprint()  # a missing study key stops the run before any work
+    run_dir = out or _default_run_dir(proto.name)
+    _run(proto, run_dir, device, workers, until, quiet, fail_on_criteria, from_stage, tuple(site or ()))
+    if bundle:
+        console.print(f"[bold]Site bundle:[/bold] {bundle_run_folder(run_dir, proto)}")
+
+
+@app.command()
+@_errors
+def merge(
+    protocol: Path = typer.Argument(..., help="The protocol file every site ran."),
+    bundles: list[Path] = typer.Argument(..., help="Site bundles (each site's site-bundle.zip)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder for the merged audit (default reports/<name>-<time>)."),
+    until: str = typer.Option("report", help="Last stage: stats or report."),
+    fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Verify site bundles against one protocol, merge them, and run statistics and the report centrally."""
+    from audit.federation import merge_into_run_folder
+    from audit.protocol import load_protocol
+
+    _setup_logging(verbose)
+    if until not in _JUDGED_STAGES:
+        raise UserError(f"--until: allowed values are {list(_JUDGED_STAGES)}; found {until!r}")
+    proto = load_protocol(protocol)
+    run_dir = out or _default_run_dir(proto.name)
+    merged = merge_into_run_folder(proto, bundles, run_dir)
+    console.print(f"Merged {len(bundles)} bundles: {merged.manifest['site'].nunique()} sites, {len(merged.manifest)} cases")
+    _run(proto, run_dir, "cpu", 1, until, quiet, fail_on_criteria, "stats")
 
 
 @app.command()
@@ -202,6 +241,7 @@ def demo(
     cases: Optional[int] = typer.Option(None, "--cases", "-n", help="Number of synthetic cases, at least 8 (default: the demo protocol's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Cohort seed (default: the demo protocol's)."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
+    workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
     fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
@@ -222,7 +262,7 @@ def demo(
     proto = dataclasses.replace(proto, synthetic_cohort=cohort)
     start = time.perf_counter()
     try:
-        _run(proto, out or _default_run_dir("demo"), device, 1, "report", quiet, fail_on_criteria)
+        _run(proto, out or _default_run_dir("demo"), device, workers or os.cpu_count() or 1, "report", quiet, fail_on_criteria)
     except typer.Exit:
         console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
         raise

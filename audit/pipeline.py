@@ -7,6 +7,7 @@ folder holds (``from_stage``), and the report can be re-rendered from the folder
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -21,8 +22,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from audit.errors import UserError
 from audit.evaluate import EvaluationSettings, metric_names, not_annotated
-from audit.execution import map_cases
+from audit.execution import Executor, map_cases, open_executor
 from audit.harmonize.privacy import scrub_case_paths
 from audit.metric_cache import evaluate_case_cached
 from audit.metrics import EmptyPolicy, metric_spec
@@ -33,7 +35,7 @@ from audit.runfolder import STAGES, RunFolder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "STAGE_FUNCTIONS", "RunSummary", "ProgressCallback", "StageContext", "run_audit", "resolve_sites", "prepare_cohort"]
+__all__ = ["STAGES", "STAGE_FUNCTIONS", "SiteSelectionError", "RunSummary", "ProgressCallback", "StageContext", "run_audit", "resolve_sites", "prepare_cohort"]
 
 #: ``progress(stage, done, total)``; the CLI draws bars from it.
 ProgressCallback = Callable[[str, int, int], None]
@@ -65,6 +67,10 @@ class StageContext:
     device: str = "auto"
     workers: int = 1
     progress: ProgressCallback = _noop
+    #: Where checks, inference and metrics run (``None``: a local executor per stage from ``workers``).
+    executor: Executor | None = None
+    #: Run only these sites of the protocol (a federated site's own part); empty: every site.
+    only_sites: tuple[str, ...] = ()
     command: str | None = None
     started: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
@@ -75,7 +81,7 @@ def _cohort_settings(protocol: Protocol) -> dict[str, Any] | None:
     return None if settings is None else json.loads(json.dumps(dataclasses.asdict(settings), default=str))
 
 
-def prepare_cohort(protocol: Protocol, folder: RunFolder) -> Path | None:
+def prepare_cohort(protocol: Protocol, folder: RunFolder, *, workers: int = 1) -> Path | None:
     """Generate the protocol's synthetic cohort into the folder (reused when complete and generated with the
     same settings; regenerated when the protocol's ``synthetic_cohort`` changed)."""
     settings = protocol.synthetic_cohort
@@ -94,7 +100,8 @@ def prepare_cohort(protocol: Protocol, folder: RunFolder) -> Path | None:
     planted = synthetic.PlantedEffects(hard_site=settings.hard_site, age_effect=settings.age_effect)
     sites = synthetic.null_sites() if settings.null_sites else synthetic.DEFAULT_SITES
     synthetic.generate_cohort(
-        cohort_dir, n_cases=settings.n_cases, seed=settings.seed, sites=sites, planted=planted, repeat_fraction=settings.repeat_fraction
+        cohort_dir, n_cases=settings.n_cases, seed=settings.seed, sites=sites, planted=planted, repeat_fraction=settings.repeat_fraction,
+        workers=workers,
     )
     return cohort_dir
 
@@ -154,6 +161,30 @@ def _evaluation_settings(protocol: Protocol) -> EvaluationSettings:
     )
 
 
+def metric_directions(protocol: Protocol, names: Sequence[str]) -> dict[str, bool]:
+    """``higher_is_better`` per metric: the registry's, or (``input: metrics``) the protocol's declared one."""
+    if protocol.input != "metrics":
+        return {m: metric_spec(m).higher_is_better for m in names}
+    from audit.tables_input import metric_directions as declared_directions, parse_metric_input
+
+    return declared_directions(names, parse_metric_input(protocol.metric_input, base_dir=protocol.base_dir).declared_metrics)
+
+
+class SiteSelectionError(UserError, ValueError):
+    """``--site`` names a site the protocol does not have."""
+
+
+def _selected(configs: list[Any], only: Sequence[str]) -> list[Any]:
+    """The site configs named in ``only`` (all when empty); an unknown name is an error listing the sites."""
+    if not only:
+        return configs
+    names = [c.name for c in configs]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise SiteSelectionError(f"--site: the protocol's sites are {names}; found {unknown}")
+    return [c for c in configs if c.name in only]
+
+
 def _write_failures(ctx: StageContext, stage: str, failures: Sequence[CaseFailure], manifest: pd.DataFrame) -> None:
     """Record a stage's failures, file paths of pseudonymizing sites' cases replaced by ``<case_id role>``."""
     hidden = [name for name, c in _site_configs(ctx).items() if c.option("pseudonymize", False)]
@@ -171,7 +202,13 @@ def stage_sites(ctx: StageContext) -> dict[str, Any]:
     from audit.sites import build_manifest
 
     ctx.progress("sites", 0, 1)
-    configs = resolve_sites(ctx.protocol, prepare_cohort(ctx.protocol, ctx.folder))
+    if ctx.protocol.input == "metrics":
+        from audit.tables_input.stage import stage_metric_tables
+
+        extra = stage_metric_tables(ctx.protocol, ctx.folder)
+        ctx.progress("sites", 1, 1)
+        return extra
+    configs = _selected(resolve_sites(ctx.protocol, prepare_cohort(ctx.protocol, ctx.folder, workers=ctx.workers)), ctx.only_sites)
     manifest, failures = build_manifest(configs)
     orphan = [f for f in failures if f.case_id not in set(manifest["case_id"])]
     if orphan:
@@ -192,13 +229,17 @@ def stage_checks(ctx: StageContext) -> None:
 
     manifest, failed = ctx.folder.read_manifest(), _failed_ids(ctx.folder.read_failures(before="checks"))
     validate_against_manifest(ctx.protocol, manifest)  # subgroup columns and groups exist: after sites, before inference
+    if ctx.protocol.input == "metrics":
+        return None  # no images to check
     site_maps = _site_label_maps(ctx)
     failures: list[CaseFailure] = []
     rows = [r for r in manifest.itertuples(index=False) if r.case_id not in failed]
-    for i, r in enumerate(rows):
-        failures.extend(check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site, limits=ctx.protocol.limits).failures)
+    jobs = (((r.case_id, r.image_path, r.label_path, site_maps[r.site]), {"site": r.site, "limits": ctx.protocol.limits}) for r in rows)
+    for i, check in enumerate(map_cases(check_case, jobs, workers=ctx.workers, executor=ctx.executor)):
+        failures.extend(check.failures)
         ctx.progress("checks", i + 1, len(rows))
     _write_failures(ctx, "checks", failures, manifest)
+    return None
 
 
 def model_identity(model: Any) -> dict[str, Any]:
@@ -217,8 +258,11 @@ def model_identity(model: Any) -> dict[str, Any]:
 
 def stage_inference(ctx: StageContext) -> None:
     """Segment every case without an earlier failure; prediction paths go into the manifest."""
-    from audit.inference import InferenceCase, InferenceResult, load_model, model_spec_from_dict, run_inference
+    from audit.execution.inference import run_inference_on
+    from audit.inference import InferenceCase, InferenceResult, load_model, model_spec_from_dict
 
+    if ctx.protocol.input == "metrics":
+        return None
     manifest, failed = ctx.folder.read_manifest(), _failed_ids(ctx.folder.read_failures(before="inference"))
     model = load_model(model_spec_from_dict(ctx.protocol.model, base_dir=Path(ctx.protocol.base_dir)), device=ctx.device)
     cases = [
@@ -229,9 +273,11 @@ def stage_inference(ctx: StageContext) -> None:
     predictions: dict[str, str] = {}
     failures: list[CaseFailure] = []
     progress = ctx.progress
-    for result in run_inference(
-        model, cases, cache_dir=ctx.folder.predictions_dir, workers=ctx.workers, progress=lambda d, t: progress("inference", d, t), limits=ctx.protocol.limits
-    ):
+    inference = run_inference_on(
+        ctx.executor or open_executor(workers=1), model, cases, cache_dir=ctx.folder.predictions_dir, device=ctx.device, workers=ctx.workers,
+        progress=lambda d, t: progress("inference", d, t), limits=ctx.protocol.limits,
+    )
+    for result in inference:
         if isinstance(result, InferenceResult):
             predictions[result.case_id] = str(result.prediction_path)
         else:
@@ -246,6 +292,8 @@ def stage_metrics(ctx: StageContext) -> None:
     """Score every case with a prediction (cached by input hashes); failed cases get ``failed`` rows."""
     from audit.harmonize.labels import resolve_label_map
 
+    if ctx.protocol.input == "metrics":
+        return None
     folder = ctx.folder
     manifest, earlier = folder.read_manifest(), folder.read_failures(before="metrics")
     identity = folder.read_model()
@@ -276,7 +324,7 @@ def stage_metrics(ctx: StageContext) -> None:
         for r in evaluable
     )  # fmt: skip
     scored: dict[str, pd.DataFrame] = {}
-    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate_case_cached, jobs, workers=ctx.workers))):
+    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate_case_cached, jobs, workers=ctx.workers, executor=ctx.executor))):
         if isinstance(result, CaseFailure):
             failures.append(result)
             errors[r.case_id] = [result.error]
@@ -310,7 +358,7 @@ def stage_stats(ctx: StageContext) -> None:
         subgroups=protocol.subgroups,
         statistics=protocol.statistics,
         acceptance=protocol.acceptance,
-        higher_is_better={m: metric_spec(m).higher_is_better for m in names},
+        higher_is_better=metric_directions(protocol, names),
         failure_interval=protocol.statistics.failure_interval,
     )
     table1 = provenance.cohort_table(manifest_banded, ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band"))
@@ -354,6 +402,7 @@ def run_audit(
     from_stage: str = "sites",
     progress: ProgressCallback | None = None,
     command: str | None = None,
+    sites: Sequence[str] = (),
 ) -> RunSummary:
     """Run the audit's stages ``from_stage`` .. ``until`` in ``run_dir`` (locked while running).
 
@@ -368,13 +417,15 @@ def run_audit(
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     workers : int
-        Parallel workers for data loading and per-case metrics.
+        Worker processes for cohort generation, checks, inference and metrics (``execution.workers`` wins).
     until, from_stage : {"sites", "checks", "inference", "metrics", "stats", "report"}
         Last and first stage to run; a later ``from_stage`` needs the folder's earlier outputs (same protocol).
     progress : callable, optional
         ``progress(stage, done, total)``.
     command : str, optional
         The command line recorded in the provenance (defaults to ``sys.argv``).
+    sites : sequence of str
+        Run only these sites of the protocol (one site's part of a federated audit); empty: all.
 
     Raises
     ------
@@ -392,13 +443,19 @@ def run_audit(
 
     t0 = time.perf_counter()
     validate_inputs(protocol)  # model path, site configs, roots, environment variables: before anything is written
-    vet_model(model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir)))  # model trust checks, still before anything is written
+    if protocol.input == "images":  # a metric-table audit has no model file
+        vet_model(model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir)))  # model trust checks, still before anything is written
     folder = RunFolder(run_dir)
-    ctx = StageContext(protocol=protocol, folder=folder, device=device, workers=workers, progress=progress or _noop, command=command)
-    with folder.lock():
+    stages = STAGES[STAGES.index(from_stage) : STAGES.index(until) + 1]
+    per_case = protocol.input == "images" and bool(set(stages) & {"checks", "inference", "metrics"})
+    with folder.lock(), contextlib.ExitStack() as stack:
+        # the executor starts only when a per-case stage runs (a dask or SLURM cluster is not free)
+        executor = stack.enter_context(open_executor(protocol.execution, workers=workers)) if per_case else None
+        ctx = StageContext(protocol=protocol, folder=folder, device=device, workers=workers, progress=progress or _noop, command=command,
+                           executor=executor, only_sites=tuple(sites))  # fmt: skip
         folder.begin(protocol_sha256=protocol.sha256, start=from_stage, until=until)
         folder.write_protocol(yaml.safe_dump(protocol_to_dict(protocol), sort_keys=False))
-        for stage in STAGES[STAGES.index(from_stage) : STAGES.index(until) + 1]:
+        for stage in stages:
             extra = STAGE_FUNCTIONS[stage](ctx)
             folder.complete(stage, **(extra or {}))
         return _summary(folder, t0)

@@ -31,6 +31,7 @@ import yaml
 from audit import ontology
 from audit.harmonize.loading import ReadLimits
 from audit.errors import ProtocolError
+from audit.execution.settings import ExecutionSettings, validate_execution
 from audit.protocol_checks import check_names, validate_against_manifest, validate_inputs
 from audit.records import DEFAULT_AGE_BAND_EDGES
 from audit.yamlio import load_yaml
@@ -173,6 +174,11 @@ class Protocol:
     statistics: StatisticsSettings = dataclasses.field(default_factory=StatisticsSettings)
     acceptance: tuple[AcceptanceCriterion, ...] = ()
     report: ReportSettings = dataclasses.field(default_factory=ReportSettings)
+    #: ``images`` (sites, inference, metrics) or ``metrics`` (per-case metric tables, see :mod:`audit.tables_input`).
+    input: Literal["images", "metrics"] = "images"
+    metric_input: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Where per-case work runs (:mod:`audit.execution`); not part of the sha256.
+    execution: ExecutionSettings = dataclasses.field(default_factory=ExecutionSettings)
     #: Per-file voxel and memory budget checked from each image header before its voxels are read.
     limits: ReadLimits = dataclasses.field(default_factory=ReadLimits)
     #: Folder of the protocol file; relative paths in ``sites`` and ``model`` resolve against it.
@@ -317,12 +323,19 @@ def _check_semantics(protocol: Protocol) -> None:
             ontology.structure(name)
         except KeyError as exc:
             raise ProtocolError(f"structures[{i}]: {exc.args[0]}") from None
-    if not protocol.sites and protocol.synthetic_cohort is None:
+    problems = validate_execution(protocol.execution)
+    if problems:
+        raise ProtocolError(problems[0])
+    if protocol.input == "metrics":
+        _check_metric_input(protocol)
+    elif not protocol.sites and protocol.synthetic_cohort is None:
         raise ProtocolError("sites: at least one site is required (or a synthetic_cohort section)")
     for i, site in enumerate(protocol.sites):
         if "config" not in site and "name" not in site:
             raise ProtocolError(f"sites[{i}]: each site needs a 'name' (inline config) or a 'config' path; found {dict(site)}")
     for key in ("kind", "path"):
+        if protocol.input == "metrics":
+            break
         if key not in protocol.model and not (key == "path" and protocol.model.get("kind") == "predictions"):
             raise ProtocolError(f"model.{key}: required key is missing")
     stats = protocol.statistics
@@ -370,6 +383,22 @@ def _check_semantics(protocol: Protocol) -> None:
             raise ProtocolError(f"subgroups.intersections[{i}]: an intersection needs two or more columns; found {list(combo)}")
 
 
+def _check_metric_input(protocol: Protocol) -> None:
+    """``input: metrics``: the metric_input section parses, and ``model.name`` names one of its tables."""
+    from audit.tables_input import MetricInputError, parse_metric_input
+
+    if not protocol.metric_input:
+        raise ProtocolError("metric_input: required with input: metrics (the metadata table and one metric table per model)")
+    try:
+        spec = parse_metric_input(protocol.metric_input, base_dir=protocol.base_dir)
+    except MetricInputError as exc:
+        raise ProtocolError(str(exc)) from None
+    models = [t.model for t in spec.tables]
+    name = protocol.model.get("name", models[0])
+    if name not in models:
+        raise ProtocolError(f"model.name: with input: metrics, the audited model is one of the tables' models {models}; found {name!r}")
+
+
 def protocol_from_dict(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Protocol:
     """Validate plain data (as parsed from YAML) into a :class:`Protocol`.
 
@@ -409,8 +438,12 @@ def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
     return _plain(protocol)
 
 
+#: Sections that decide where the audit runs, not what it computes: left out of the sha256.
+UNHASHED_SECTIONS: tuple[str, ...] = ("execution",)
+
+
 def protocol_sha256(protocol: Protocol) -> str:
-    """sha256 of the canonical JSON form (sorted keys, compact separators, UTF-8)."""
+    """sha256 of the canonical JSON form (sorted keys, compact separators, UTF-8), ``execution`` left out."""
     return canonical_sha256(protocol_to_dict(protocol))
 
 
@@ -418,7 +451,9 @@ def canonical_sha256(data: Mapping[str, Any]) -> str:
     """sha256 of plain protocol data in canonical JSON form; equals :func:`protocol_sha256` for the canonical form.
 
     The ``protocol.yaml`` of a run folder is the canonical form, so this checks it without validating it again
-    (``spine-audit verify`` compares it with ``protocol_sha256`` in results.json).
+    (``spine-audit verify`` compares it with ``protocol_sha256`` in results.json). :data:`UNHASHED_SECTIONS`
+    are left out.
     """
+    data = {k: v for k, v in data.items() if k not in UNHASHED_SECTIONS}
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -94,9 +94,10 @@ def check_names(protocol: Protocol) -> None:
     from audit.metrics import metric_spec
 
     names = protocol.metrics.names
+    declared = set(protocol.metric_input.get("declared_metrics") or {}) if protocol.input == "metrics" else set()
     for i, name in enumerate(names):
-        if name == "nsd":
-            continue  # shorthand for the nsd_<tol>mm metrics of nsd_tolerances_mm
+        if name == "nsd" or name in declared:
+            continue  # nsd: shorthand for the nsd_<tol>mm metrics; declared: a metric-table audit's own metric
         try:
             metric_spec(name)
         except ValueError as exc:
@@ -204,6 +205,8 @@ def validate_inputs(protocol: Protocol) -> None:
     from audit.inference.spec import model_spec_from_dict
     from audit.sites import load_site_config
 
+    if protocol.input == "metrics":
+        return  # no model file and no sites: the metric tables are read (and checked) by the sites stage
     base = Path(protocol.base_dir)
     raw_path = protocol.model.get("path")
     if isinstance(raw_path, str):

@@ -26,6 +26,18 @@ __all__ = ["RESULTS_SCHEMA_VERSION", "results_document"]
 RESULTS_SCHEMA_VERSION = "1.0"
 
 
+def _definition(name: str, protocol: Protocol) -> dict[str, Any]:
+    """A metric's definition: the registry's, or the one an ``input: metrics`` protocol declares."""
+    try:
+        spec = metric_spec(name)
+    except ValueError:
+        from audit.tables_input import parse_metric_input
+
+        declared = parse_metric_input(protocol.metric_input, base_dir=protocol.base_dir).declared_metrics[name]
+        return {"description": declared.description or "declared in the protocol", "higher_is_better": declared.higher_is_better, "unit": declared.unit}
+    return {"description": spec.description, "higher_is_better": spec.higher_is_better, "unit": spec.unit}
+
+
 def results_document(
     *,
     protocol: Protocol,
@@ -79,10 +91,7 @@ def results_document(
         "metrics": {
             "names": list(names),
             "structures": list(protocol.structures),
-            "definitions": {
-                n: {"description": metric_spec(n).description, "higher_is_better": metric_spec(n).higher_is_better, "unit": metric_spec(n).unit}
-                for n in names
-            },
+            "definitions": {n: _definition(n, protocol) for n in names},
             "empty_policy": {"missed_distance": protocol.metrics.missed_distance},
             "detection": provenance.detection_counts(metric_table),
             "annotation": provenance.annotation_matrix(metric_table, manifest),

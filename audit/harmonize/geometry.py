@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 import os
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -266,7 +267,9 @@ def save_volume(array: np.ndarray, affine: np.ndarray, path: str | Path, *, head
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    # thread id too: two threads of one process may write the same cache key (identical inputs) at once;
+    # the pid stays last before ".tmp" (audit.inference.cache.clean_temporary_files reads it)
+    tmp = path.with_name(f".{path.name}.t{threading.get_ident()}.{os.getpid()}.tmp{suffix}")
     try:
         if suffix == ".nii.gz":
             # compresslevel 1: labels compress well and level 6 costs ~5x the time for ~5% smaller files
