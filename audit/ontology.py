@@ -279,7 +279,13 @@ LABEL_MAPS: Mapping[str, LabelMap] = MappingProxyType(
             ignore=frozenset(200 + i for i in range(1, 27)),
             description="TPTBox vertebra instances: 1-25 vertebrae (VerSe order), 100+k disc below vertebra k, 200+k endplates ignored",
         ),
-        "verse": _coarse_map("verse", _VERSE, ignore=frozenset({28}), description="VerSe: 1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6, 26 sacrum; 28 T13 ignored"),
+        "verse": _coarse_map(
+            "verse",
+            _VERSE | {28: "vertebra"},
+            ignore=frozenset({27}),
+            description="VerSe: 1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6, 26 sacrum, 27 coccyx (ignored), 28 T13 (a vertebra without a "
+            "canonical level; per-vertebra evaluation names it T13, see VERSE_VERTEBRA_LABELS)",
+        ),
         "sct_levels": _coarse_map(
             "sct_levels",
             {i: "spinal_cord" for i in range(1, 27)},
@@ -288,6 +294,56 @@ LABEL_MAPS: Mapping[str, LabelMap] = MappingProxyType(
     }
 )
 
+
+# ---- CT vertebra conventions (issue #15: CTSpine1K, VerSe, TotalSegmentator CT) -------------------------------
+# Kept in one block so that edits to the maps above merge cleanly. Sources, read 2026-12-03:
+# * VerSe: github.com/anjany/verse utils/data_utilities.py (commit 4d6365fd) ``v_dict``: 1-7 C1-C7, 8-19 T1-T12,
+#   20-25 L1-L6, 26 Sacrum, 27 Cocc, 28 T13; centroid json ``*_ctd.json`` with labels in the same numbering.
+# * CTSpine1K: github.com/MIRACLE-Center/CTSpine1K ReadMe.md (commit 7e0d212f): images ``<id>.nii.gz``, masks
+#   ``<id>_seg.nii.gz``, evaluated labels ``1 .. 25``; Task056_VerSe2019.py writes ``labels = {i: str(i) for i in
+#   range(26)}``. The repository does not name the levels: their meaning (VerSe numbering, 25 = L6) is inferred from
+#   the VerSe pipeline the dataset was annotated with, and is stated as an inference in docs/ct.md.
+# * TotalSegmentator: github.com/wasserth/TotalSegmentator totalsegmentator/map_to_binary.py (commit 0275d304)
+#   ``class_map["total_v1"]``: 18 vertebrae_L5 .. 41 vertebrae_C1, 92 sacrum (104 classes); ``class_map["total"]``
+#   (v2): 25 sacrum, 26 vertebrae_S1, 27 vertebrae_L5 .. 50 vertebrae_C1 (117 classes).
+
+#: VerSe vertebra labels, variants included (25 = L6, 28 = T13). 26 (sacrum) and 27 (coccyx) are not vertebrae.
+VERSE_VERTEBRA_LABELS: Mapping[int, str] = MappingProxyType(
+    {**{i + 1: v for i, v in enumerate(VERTEBRAE[:-1])}, 28: "T13"}
+)
+#: Craniocaudal order of vertebrae with the variants in place: an "off-by-one" labelling error is a label one step
+#: away in this sequence (T12 <-> T13 <-> L1, L5 <-> L6).
+VERTEBRA_SEQUENCE: tuple[str, ...] = (*VERTEBRAE[:19], "T13", *VERTEBRAE[19:25])
+#: VerSe code of each vertebra name (the inverse of :data:`VERSE_VERTEBRA_LABELS`).
+VERSE_CODES: Mapping[str, int] = MappingProxyType({v: k for k, v in VERSE_VERTEBRA_LABELS.items()})
+#: Values that a known convention uses for a vertebra the canonical levels cannot hold (T13).
+VERTEBRA_VARIANT_VALUES: Mapping[str, Mapping[int, str]] = MappingProxyType({"verse": MappingProxyType({28: "T13"})})
+
+_TOTALSEG_V1_VERTEBRAE = {18 + i: v for i, v in enumerate(reversed(VERTEBRAE[:24]))}  # 18 L5 .. 41 C1
+_TOTALSEG_V2_VERTEBRAE = {26: "S1"} | {27 + i: v for i, v in enumerate(reversed(VERTEBRAE[:24]))}  # 26 S1, 27 L5 .. 50 C1
+
+_CT_LABEL_MAPS = {
+    "ctspine1k": _coarse_map(
+        "ctspine1k",
+        {i + 1: v for i, v in enumerate(VERTEBRAE[:25])},
+        description="CTSpine1K <id>_seg.nii.gz: 1-25 = C1..L6 in VerSe numbering (1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6)",
+    ),
+    "totalseg_v1": _coarse_map(
+        "totalseg_v1",
+        _TOTALSEG_V1_VERTEBRAE,
+        ignore=frozenset(set(range(1, 105)) - set(_TOTALSEG_V1_VERTEBRAE)),
+        description="TotalSegmentator v1 'total' (104 classes): 18 L5 .. 41 C1; 92 sacrum and organs ignored",
+    ),
+    "totalseg_v2": _coarse_map(
+        "totalseg_v2",
+        _TOTALSEG_V2_VERTEBRAE,
+        ignore=frozenset(set(range(1, 118)) - set(_TOTALSEG_V2_VERTEBRAE)),
+        description="TotalSegmentator v2 'total' (117 classes): 26 S1, 27 L5 .. 50 C1; 25 sacrum and organs ignored",
+    ),
+}
+LABEL_MAPS = MappingProxyType({**LABEL_MAPS, **_CT_LABEL_MAPS})
+__all__ += ["VERSE_VERTEBRA_LABELS", "VERTEBRA_SEQUENCE", "VERSE_CODES", "VERTEBRA_VARIANT_VALUES"]
+# ---- end of CT vertebra conventions ----------------------------------------------------------------------------
 
 def get_label_map(name: str) -> LabelMap:
     """Return a known label map by name.
