@@ -102,6 +102,7 @@ def demo(
     cases: Optional[int] = typer.Option(None, "--cases", "-n", min=8, help="Number of synthetic cases (default: the demo protocol's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Cohort seed (default: the demo protocol's)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    modality: str = typer.Option("mri", "--modality", help="mri (cervical MRI demo) or ct (CT vertebra-labelling demo)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
@@ -111,19 +112,22 @@ def demo(
     from audit.protocol import load_protocol
 
     _setup_logging(verbose)
-    proto = load_protocol(demo_protocol_path())
+    if modality not in ("mri", "ct"):
+        console.print(f"[red]--modality: allowed values are 'mri', 'ct'; found {modality!r}[/red]")
+        raise typer.Exit(2)
+    proto = load_protocol(demo_protocol_path(modality))
     cohort = proto.synthetic_cohort
     assert cohort is not None  # the demo protocol always has one
     cohort = dataclasses.replace(cohort, n_cases=cases or cohort.n_cases, seed=cohort.seed if seed is None else seed)
     proto = dataclasses.replace(proto, synthetic_cohort=cohort)
     start = time.perf_counter()
-    _run(None, proto, out or _default_run_dir("demo"), device, 1, "report", quiet)
+    _run(None, proto, out or _default_run_dir("demo-ct" if modality == "ct" else "demo"), device, 1, "report", quiet)
     console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
 
 
-def demo_protocol_path() -> Path:
-    """The demo protocol shipped as package data (``protocols/demo.yaml`` links to it)."""
-    return Path(str(resources.files("audit") / "data" / "demo.yaml"))
+def demo_protocol_path(modality: str = "mri") -> Path:
+    """The demo protocol shipped as package data (``protocols/demo.yaml`` and ``protocols/demo_ct.yaml`` link to them)."""
+    return Path(str(resources.files("audit") / "data" / ("demo_ct.yaml" if modality == "ct" else "demo.yaml")))
 
 
 @sites_app.command("check")

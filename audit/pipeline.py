@@ -72,6 +72,11 @@ def prepare_cohort(protocol: Protocol, run_dir: Path) -> Path | None:
     if marker.is_file():
         logger.info("reusing synthetic cohort in %s", cohort_dir)
         return cohort_dir
+    if settings.modality == "ct":  # the synthetic CT cohort (issue #15); hard_site names a CT source
+        from audit.synthetic.ct_cohort import generate_ct_cohort
+
+        generate_ct_cohort(cohort_dir, n_cases=settings.n_cases, seed=settings.seed, hard_source=settings.hard_site)
+        return cohort_dir
     planted = synthetic.PlantedEffects(hard_site=settings.hard_site, age_effect=settings.age_effect)
     sites = synthetic.null_sites() if settings.null_sites else synthetic.DEFAULT_SITES
     synthetic.generate_cohort(
@@ -255,6 +260,11 @@ def run_audit(
         manifest = pd.concat([manifest, extra], ignore_index=True)
         for f, cid in zip(orphan, extra["case_id"]):
             frames.append(failed_case_rows(cid, settings.structures, names, f.error))
+    if protocol.vertebrae is not None:  # per-vertebra VerSe evaluation (issue #15): vertebrae.csv, vertebrae.json
+        from audit.vertebra_eval import run_vertebra_stage
+
+        failures.extend(run_vertebra_stage(run_dir, manifest, predictions, site_maps, model.label_map, protocol.vertebrae,
+                                           settings.empty_policy, skip={f.case_id for f in failures}, workers=workers))
     metric_table = validate_metric_table(pd.concat(frames, ignore_index=True))
     metric_table.to_csv(run_dir / "metrics.csv", index=False)
     manifest.to_csv(run_dir / "manifest.csv", index=False)

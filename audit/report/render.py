@@ -31,6 +31,7 @@ from audit.report.figures import (
 from audit.report.formatting import format_value
 from audit.report.gallery import case_figure, worst_cases
 from audit.report.redact import redact_paths
+from audit.report.vertebrae import vertebra_section
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "harmonization_warnings": results["harmonization"]["warnings"],
         "completeness": results["harmonization"]["metadata_completeness"],
         "site_quality": _site_quality(results),
+        "vertebrae": vertebra_section(run_dir),
         "synthetic_columns": results["data"].get("synthetic_columns", []),
         "fmt": format_value,
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],

@@ -49,6 +49,7 @@ from audit.harmonize.privacy import PSEUDONYM_KEY_ENV, pseudonymize
 from audit.records import UNKNOWN, CaseFailure
 from audit.sites.base import Adapter, RawCase, SiteDataError, missing_file_failure, register_adapter
 from audit.sites.config import SiteConfig
+from audit.sites.ct import ct_extra
 from audit.sites.dicom_seg import SEG_OVERLAP, DicomSegError, is_dicom_seg, read_seg_on_grid
 
 logger = logging.getLogger(__name__)
