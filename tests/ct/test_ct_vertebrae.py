@@ -229,3 +229,24 @@ def test_with_a_t13_the_t12_called_l1_is_two_levels_off():
     ref = block_spine([T12, T13, L1])
     t = evaluate_vertebrae(ref, relabelled(ref, {T12: L1, T13: L2, L1: L3}), spacing=SP)
     assert _row(t, "T12")["error"] == "mislabelled"  # T12 -> T13 -> L1 in this 13-thoracic spine
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(("version", "offset"), [("totalseg_v2", {21: 30, 22: 29, 23: 28}), ("totalseg_v1", {21: 21, 22: 20, 23: 19})], ids=["v2", "v1"])
+def test_totalsegmentator_output_scored_against_the_real_crop(shared_data, tmp_path, version, offset):
+    """A TotalSegmentator multilabel output (L2/L3/L4 in its own numbering, plus an organ) read as predictions."""
+    import nibabel as nib
+
+    from audit.metrics import EmptyPolicy
+    from audit.vertebra_eval import evaluate_vertebrae_case
+
+    ref_path = shared_data / "tptbox-lumbar-ct" / "sub-ct_seg-vert_label-22_msk.nii.gz"
+    ref = nib.load(ref_path)
+    arr = np.asarray(ref.dataobj)
+    pred = relabelled(arr, offset)
+    pred[0, 0, 0] = 5  # liver in both versions: ignored, not an error
+    nib.save(nib.Nifti1Image(pred, ref.affine), tmp_path / "pred.nii.gz")
+    t = evaluate_vertebrae_case("c", label_path=str(ref_path), prediction_path=str(tmp_path / "pred.nii.gz"), reference_map=get_label_map("verse"),
+                                prediction_map=get_label_map(version), max_distance_mm=20.0, shape_dice_threshold=0.7, empty_policy=EmptyPolicy())
+    assert list(t["vertebra"]) == ["L2", "L3", "L4"] and t["identified"].all()
+    np.testing.assert_allclose(t["dice"], 1.0)
