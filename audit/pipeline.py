@@ -238,8 +238,20 @@ def run_audit(
         )
         for r in evaluable
     )
+    evaluate: Any = evaluate_case
+    vertebra_rows: list[pd.DataFrame | CaseFailure] = []
+    if protocol.vertebrae is not None:  # metrics and per-vertebra rows from one read of each label pair (issue #15)
+        from audit.vertebra_eval import evaluate_case_and_vertebrae
+
+        evaluate = evaluate_case_and_vertebrae
+        centroids = {c: p for c, p in zip(manifest["case_id"], manifest.get("centroids_path", pd.Series(dtype=object))) if isinstance(p, str) and p}
+        jobs = ((a, {**kw, "vertebrae": protocol.vertebrae, "centroids_path": centroids.get(a[0])}) for a, kw in jobs)
     evaluated: dict[str, pd.DataFrame | CaseFailure] = {}
-    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate_case, jobs, workers=workers))):
+    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate, jobs, workers=workers))):
+        if isinstance(result, tuple):
+            result, rows_of_case = result
+            if rows_of_case is not None:
+                vertebra_rows.append(rows_of_case)
         evaluated[r.case_id] = result
         progress("metrics", i + 1, len(evaluable))
     for row in rows:
@@ -261,10 +273,11 @@ def run_audit(
         for f, cid in zip(orphan, extra["case_id"]):
             frames.append(failed_case_rows(cid, settings.structures, names, f.error))
     if protocol.vertebrae is not None:  # per-vertebra VerSe evaluation (issue #15): vertebrae.csv, vertebrae.json
-        from audit.vertebra_eval import run_vertebra_stage
+        from audit.vertebra_eval import write_vertebra_outputs
 
-        failures.extend(run_vertebra_stage(run_dir, manifest, predictions, site_maps, model.label_map, protocol.vertebrae,
-                                           settings.empty_policy, skip={f.case_id for f in failures}, workers=workers))
+        failures.extend(f for f in vertebra_rows if isinstance(f, CaseFailure))
+        write_vertebra_outputs(run_dir, [t for t in vertebra_rows if isinstance(t, pd.DataFrame)],
+                               [f for f in vertebra_rows if isinstance(f, CaseFailure)], manifest, protocol.vertebrae)
     metric_table = validate_metric_table(pd.concat(frames, ignore_index=True))
     metric_table.to_csv(run_dir / "metrics.csv", index=False)
     manifest.to_csv(run_dir / "manifest.csv", index=False)

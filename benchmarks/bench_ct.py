@@ -54,7 +54,7 @@ def prediction_of(label: np.ndarray, index: int, rng: np.random.Generator) -> np
 
     pred = np.roll(label, tuple(int(v) for v in rng.integers(0, 4, 3)), axis=(0, 1, 2))
     code = int(rng.choice(LEVELS))
-    box = ndimage.find_objects(pred == code)[0]
+    box = ndimage.find_objects((pred == code).astype(np.uint8))[0]
     op = ndimage.binary_dilation if index % 2 else ndimage.binary_erosion
     region = pred[box] == code
     changed = op(region, iterations=2)

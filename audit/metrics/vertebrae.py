@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from audit.metrics.case import compute_case_metrics, validate_inputs
+from audit.metrics.case import compute_case_metrics, find_objects_any_order, validate_inputs
 from audit.metrics.registry import EmptyPolicy
 from audit.ontology import (
     LEVEL_VALUES,
@@ -49,6 +49,7 @@ from audit.ontology import (
     VERTEBRA_SEQUENCE,
     VERTEBRA_VARIANT_VALUES,
     LabelMap,
+    present_values,
     structure,
 )
 
@@ -94,9 +95,11 @@ VERTEBRA_COLUMNS: tuple[str, ...] = (
 _MAX_CODE = max(VERSE_VERTEBRA_LABELS)
 
 
-def _validate_codes(arr: np.ndarray, what: str) -> None:
-    present = np.unique(arr)
-    bad = [int(v) for v in present if v != 0 and int(v) not in VERSE_VERTEBRA_LABELS]
+def _validate_codes(arr: np.ndarray, boxes: Sequence[tuple[slice, ...] | None], what: str) -> None:
+    """Only VerSe vertebra codes (from the label boxes, plus a min/max pass for values outside 1..28)."""
+    bad = [i for i, b in enumerate(boxes, start=1) if b is not None and i not in VERSE_VERTEBRA_LABELS]
+    if arr.size and (int(arr.max()) > _MAX_CODE or int(arr.min()) < 0):
+        bad += [int(v) for v in present_values(arr) if v != 0 and int(v) not in VERSE_VERTEBRA_LABELS and v not in bad]
     if bad:
         raise ValueError(
             f"{what}: values {bad} are not VerSe vertebra labels (allowed 1-25 and 28; convert with verse_numbering, "
@@ -115,12 +118,16 @@ def vertebra_centroids(labels: np.ndarray, spacing: Sequence[float]) -> dict[int
     >>> vertebra_centroids(a, (1.0, 1.0, 2.0))[20].tolist()
     [1.5, 0.0, 5.0]
     """
-    sp = np.asarray(spacing, dtype=np.float64)
-    out: dict[int, np.ndarray] = {}
     arr = np.asarray(labels)
     if arr.size == 0 or not arr.any():
-        return out
-    for index, box in enumerate(ndimage.find_objects(arr.astype(np.int32, copy=False), max_label=_MAX_CODE), start=1):
+        return {}
+    return _centroids(arr, find_objects_any_order(arr, _MAX_CODE), spacing)
+
+
+def _centroids(arr: np.ndarray, boxes: Sequence[tuple[slice, ...] | None], spacing: Sequence[float]) -> dict[int, np.ndarray]:
+    sp = np.asarray(spacing, dtype=np.float64)
+    out: dict[int, np.ndarray] = {}
+    for index, box in enumerate(boxes, start=1):
         if box is None or index not in VERSE_VERTEBRA_LABELS:
             continue
         com = ndimage.center_of_mass(arr[box] == index)
@@ -175,7 +182,7 @@ def anatomical_variants(codes: Sequence[int] | set[int]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def verse_numbering(array: np.ndarray, label_map: LabelMap) -> np.ndarray:
+def verse_numbering(array: np.ndarray, label_map: LabelMap, *, present: np.ndarray | None = None) -> np.ndarray:
     """Translate a label array to VerSe vertebra codes (uint8), dropping every non-vertebra value.
 
     Vertebra levels of ``label_map`` (C1..L6) keep their ontology code, which equals the VerSe code; values that
@@ -197,7 +204,7 @@ def verse_numbering(array: np.ndarray, label_map: LabelMap) -> np.ndarray:
         raise ValueError("verse_numbering: negative label values found")
     variants = VERTEBRA_VARIANT_VALUES.get(label_map.name, {})
     known = set(label_map.values) | set(label_map.ignore) | set(variants) | {0}
-    present = np.unique(arr)
+    present = present_values(arr) if present is None else np.asarray(present)
     unknown = [int(v) for v in present if int(v) not in known]
     if unknown:
         raise ValueError(f"verse_numbering: values {unknown} are not in label map {label_map.name!r} (mapped: {sorted(label_map.values)})")
@@ -210,6 +217,8 @@ def verse_numbering(array: np.ndarray, label_map: LabelMap) -> np.ndarray:
         if value < lut.size:
             lut[value] = VERSE_CODES[name]
     assert all(LEVEL_VALUES[n] == VERSE_CODES[n] for n in VERSE_CODES if n in LEVEL_VALUES)  # one numbering
+    if all(int(lut[v]) == int(v) for v in present) and arr.dtype.kind == "u":
+        return arr  # already VerSe codes (verse, ctspine1k): no copy of a CT-size array
     return lut[arr]
 
 
@@ -276,22 +285,22 @@ def evaluate_vertebrae(
         On mismatched shapes, non-VerSe values, a bad threshold, or missing reference centroids.
     """
     sp = validate_inputs(reference, prediction, spacing)
-    _validate_codes(reference, "reference")
-    _validate_codes(prediction, "prediction")
     if not (isinstance(max_distance_mm, (int, float)) and max_distance_mm > 0):
         raise ValueError(f"max_distance_mm: expected a positive number; received {max_distance_mm!r}")
     if not (isinstance(shape_dice_threshold, (int, float)) and 0 <= shape_dice_threshold <= 1):
         raise ValueError(f"shape_dice_threshold: expected a number in [0, 1]; received {shape_dice_threshold!r}")
-    ref_boxes = ndimage.find_objects(reference.astype(np.int32, copy=False), max_label=_MAX_CODE)
-    pred_boxes = ndimage.find_objects(prediction.astype(np.int32, copy=False), max_label=_MAX_CODE)
+    ref_boxes = find_objects_any_order(reference, _MAX_CODE)
+    pred_boxes = find_objects_any_order(prediction, _MAX_CODE)
+    _validate_codes(reference, ref_boxes, "reference")
+    _validate_codes(prediction, pred_boxes, "prediction")
     ref_codes = {i + 1 for i, b in enumerate(ref_boxes) if b is not None}
     pred_codes = {i + 1 for i, b in enumerate(pred_boxes) if b is not None}
-    ref_centroids = dict(reference_centroids) if reference_centroids is not None else vertebra_centroids(reference, sp)
+    ref_centroids = dict(reference_centroids) if reference_centroids is not None else _centroids(reference, ref_boxes, sp)
     missing = sorted(ref_codes - set(ref_centroids))
     if missing:
         raise ValueError(f"reference_centroids: no centroid for reference vertebrae {[VERSE_VERTEBRA_LABELS[c] for c in missing]}")
     ref_centroids = {c: np.asarray(ref_centroids[c], dtype=np.float64) for c in ref_codes}
-    pred_centroids = vertebra_centroids(prediction, sp)
+    pred_centroids = _centroids(prediction, pred_boxes, sp)
     hits = identification_hits(ref_centroids, pred_centroids, max_distance_mm=max_distance_mm)
     codes = sorted(ref_codes | pred_codes, key=lambda c: VERTEBRA_SEQUENCE.index(VERSE_VERTEBRA_LABELS[c]))
     if codes:

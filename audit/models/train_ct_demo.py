@@ -105,7 +105,6 @@ def train(out_dir: Path, *, n_train: int = 60, n_val: int = 12, steps: int = 300
     """Train the CT demo UNet and write ``ct_demo_unet.pt`` and ``ct_demo_unet.json`` into ``out_dir``; return the card."""
     from monai.losses import DiceCELoss
 
-    from audit.synthetic.ct import CT_HARD_SOURCE, CT_SOURCES
     from audit.synthetic.ct_cohort import ct_training_sources, iter_ct_training_cases
 
     torch.set_num_threads(threads)
@@ -141,6 +140,18 @@ def train(out_dir: Path, *, n_train: int = 60, n_val: int = 12, steps: int = 300
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "ct_demo_unet.pt"
     torch.save(network.state_dict(), weights)
+    return write_card(out_dir, network, spec, n_train=n_train, n_val=n_val, steps=steps, batch_size=batch_size, seed=seed, depth=depth, lr=lr,
+                      threads=threads, train_seconds=train_seconds)
+
+
+def write_card(out_dir: Path, network: torch.nn.Module, spec: Any, *, n_train: int, n_val: int, steps: int, batch_size: int, seed: int, depth: int,
+               lr: float, threads: int, train_seconds: float) -> dict[str, Any]:
+    """Validate the trained network and write ``ct_demo_unet.json`` beside ``ct_demo_unet.pt``."""
+    from audit.synthetic.ct import CT_HARD_SOURCE, CT_SOURCES
+    from audit.synthetic.ct_cohort import ct_training_sources, iter_ct_training_cases
+
+    weights = out_dir / "ct_demo_unet.pt"
+    sources = [s.name for s in ct_training_sources()]
     hard = [s for s in CT_SOURCES if s.name == CT_HARD_SOURCE]
     card = dict(CT_CARD_TEMPLATE)
     card["sha256"] = file_sha256(weights)
@@ -173,10 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-val", type=int, default=12)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--card-only", type=float, default=None, metavar="TRAIN_SECONDS",
+                        help="validate existing weights in --out and write the card (training time as measured by the training run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logger.info("command: %s", shlex.join(sys.argv))
-    card = train(args.out, n_train=args.n_train, n_val=args.n_val, steps=args.steps, seed=args.seed)
+    if args.card_only is not None:
+        spec = model_spec_from_dict({**CT_CARD_TEMPLATE, "path": "unused.pt", "inference": dict(CT_CARD_TEMPLATE["inference"], device="cpu", amp=False)},
+                                    base_dir=args.out)
+        assert spec.network is not None
+        network = build_network(spec.network)
+        network.load_state_dict(torch.load(args.out / "ct_demo_unet.pt", weights_only=True))
+        card = write_card(args.out, network, spec, n_train=args.n_train, n_val=args.n_val, steps=args.steps, batch_size=2, seed=args.seed, depth=80,
+                          lr=5e-3, threads=2, train_seconds=args.card_only)
+    else:
+        card = train(args.out, n_train=args.n_train, n_val=args.n_val, steps=args.steps, seed=args.seed)
     logger.info("validation: %s", json.dumps(card["validation"]))
     return 0
 

@@ -56,7 +56,7 @@ CT_SOURCES: tuple[CTSource, ...] = (
     CTSource("colonog", (2.0, 2.0, 1.25), 18.0, 0.8, 0.0, ("T11", "L5"), (("GE MEDICAL SYSTEMS", "LightSpeed 16"), ("SIEMENS", "Sensation 16")), (120.0,), "STANDARD", "None"),
     CTSource("hnscc-3dct-rt", (2.0, 2.0, 2.0), 15.0, 0.9, 160.0, ("T9", "L2"), (("SIEMENS", "Sensation Open"),), (120.0,), "B31s", "OMNIPAQUE 300"),
     CTSource("msd-liver", (2.0, 2.0, 2.5), 20.0, 0.8, 180.0, ("T9", "L3"), (("Philips", "Brilliance 64"), ("GE MEDICAL SYSTEMS", "Discovery CT750 HD")), (100.0, 120.0), "B", "IOMERON 400"),
-    CTSource("covid-19", (2.0, 2.0, 5.0), 240.0, 0.0, 0.0, ("T9", "L2"), (("TOSHIBA", "Aquilion ONE"), ("SIEMENS", "SOMATOM Definition AS")), (120.0,), "B70f", None),
+    CTSource("covid-19", (2.0, 2.0, 5.0), 400.0, 0.0, 0.0, ("T9", "L2"), (("TOSHIBA", "Aquilion ONE"), ("SIEMENS", "SOMATOM Definition AS")), (120.0,), "B70f", None),
 )
 #: The planted hard source: low-dose noise, a sharp lung kernel and 5 mm slices.
 CT_HARD_SOURCE = "covid-19"
