@@ -9,7 +9,9 @@ vertebra. The whole pipeline runs (sites, checks, predictions stage, coarse metr
 evaluation, statistics with 1,000 cluster-bootstrap resamples, report). It prints one JSON line with the wall
 time of each stage, seconds per case, the extrapolation to 1,005 cases (per-case stages scale linearly; the
 statistics and report are measured once, and their growth with n is taken from benchmarks/bench_stats.py) and
-the peak resident memory of this process and of its worker processes (``ru_maxrss``).
+the peak resident memory of this process and of its worker processes (``ru_maxrss``). On a shared machine the
+wall times depend on the other jobs; the CPU seconds per stage (this process plus finished workers) do not, and
+``target_1005_metrics_stats_report_on_2_cores_s`` = metrics CPU per case x 1,005 / 2 + statistics and report CPU.
 """
 
 from __future__ import annotations
@@ -96,6 +98,12 @@ def protocol_dict(root: Path, n: int) -> dict:
     }
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished workers (user + system): the time on an idle machine."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=10)
@@ -112,15 +120,17 @@ def main() -> None:
         write_cohort(root, args.cases, args.seed)
     generate_s = time.perf_counter() - t0
     stages: dict[str, float] = {}
-    last = [time.perf_counter(), None]
+    cpu_stages: dict[str, float] = {}
+    last: list = [time.perf_counter(), None, _cpu()]
 
     def progress(stage: str, done: int, total: int) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), _cpu()
         if last[1] is not None and last[1] != stage:
             stages[last[1]] = stages.get(last[1], 0.0) + now - last[0]
-            last[0] = now
+            cpu_stages[last[1]] = cpu_stages.get(last[1], 0.0) + cpu - last[2]
+            last[0], last[2] = now, cpu
         elif last[1] is None:
-            last[0] = now
+            last[0], last[2] = now, cpu
         last[1] = stage
 
     run = root / "run"
@@ -134,8 +144,11 @@ def main() -> None:
     summary = run_audit(proto, run_dir=run, device="cpu", workers=args.workers, progress=progress)
     wall = time.perf_counter() - t1
     stages[last[1]] = stages.get(last[1], 0.0) + time.perf_counter() - last[0]
+    cpu_stages[last[1]] = cpu_stages.get(last[1], 0.0) + _cpu() - last[2]
     per_case_stages = sum(v for k, v in stages.items() if k in ("sites", "checks", "inference", "metrics"))
     fixed = sum(v for k, v in stages.items() if k in ("stats", "report"))
+    metrics_cpu = cpu_stages.get("metrics", 0.0)
+    fixed_cpu = sum(v for k, v in cpu_stages.items() if k in ("stats", "report"))
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({
@@ -143,6 +156,9 @@ def main() -> None:
         "generate_s": round(generate_s, 1), "wall_s": round(wall, 1), "stages_s": {k: round(v, 1) for k, v in stages.items()},
         "per_case_s": round(per_case_stages / args.cases, 2),
         "extrapolated_1005_s": round(per_case_stages / args.cases * 1005 + fixed, 0),
+        "cpu_stages_s": {k: round(v, 1) for k, v in cpu_stages.items()},
+        "metrics_cpu_per_case_s": round(metrics_cpu / args.cases, 2),
+        "target_1005_metrics_stats_report_on_2_cores_s": round(metrics_cpu / args.cases * 1005 / 2 + fixed_cpu, 0),
         "peak_rss_mb_main": round(peak_self), "peak_rss_mb_largest_worker": round(peak_children),
     }))
 
