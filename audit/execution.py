@@ -6,12 +6,22 @@ Results come back in input order whatever the completion order, so outputs do no
 
 from __future__ import annotations
 
+import copyreg
 import logging
+import types
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+
+# Frozen mappings (label maps, settings) travel to worker processes as their plain dict, rebuilt read-only there:
+# without this, a LabelMap cannot be pickled and every case failed with workers > 1.
+def _mapping_proxy(data: dict[Any, Any]) -> types.MappingProxyType:
+    return types.MappingProxyType(data)
+
+
+copyreg.pickle(types.MappingProxyType, lambda m: (_mapping_proxy, (dict(m),)))
 
 __all__ = ["map_cases"]
 

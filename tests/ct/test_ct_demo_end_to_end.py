@@ -46,3 +46,24 @@ def test_ct_demo_report_shows_the_section_with_the_json_numbers(ct_demo):
     shown = re.search(r'data-src="vertebrae.overall"[^>]*data-field="identification_rate">([^<]+)</span>', html).group(1)
     assert shown == f"{100 * summary['overall']['identification_rate']:.1f} %"
     assert html.count('data-src="vertebrae.per_level"') >= len(summary["per_level"])
+
+
+def test_label_maps_and_vertebra_settings_reach_worker_processes(tmp_path):
+    """map_cases with 2 processes sends LabelMaps (read-only mappings) to the workers: was a pickling error."""
+    import numpy as np
+
+    from audit.evaluate import EvaluationSettings
+    from audit.execution import map_cases
+    from audit.ontology import get_label_map
+    from audit.protocol import VertebraSettings
+    from audit.vertebra_eval import evaluate_case_and_vertebrae
+    import nibabel as nib
+
+    label = np.zeros((30, 30, 40), np.uint8)
+    label[10:20, 10:20, 5:15], label[10:20, 10:20, 25:35] = 20, 21
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "l.nii.gz")
+    kw = dict(label_path=str(tmp_path / "l.nii.gz"), prediction_path=str(tmp_path / "l.nii.gz"), reference_map=get_label_map("verse"),
+              prediction_map=get_label_map("verse"), settings=EvaluationSettings(("vertebra",), ("dice",)), vertebrae=VertebraSettings())
+    results = list(map_cases(evaluate_case_and_vertebrae, [(("a",), kw), (("b",), kw)], workers=2))
+    assert [float(m["value"].iloc[0]) for m, _ in results] == [1.0, 1.0]
+    assert all(bool(v["identified"].all()) for _, v in results)

@@ -56,8 +56,7 @@ def test_ctspine1k_rejects_an_unknown_source_and_groups_repeated_scans(tmp_path)
 
 
 def test_example_site_configs_load(repo_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("CTSPINE1K_ROOT", str(tmp_path))
-    monkeypatch.setenv("VERSE_ROOT", str(tmp_path))
+    monkeypatch.setenv("SPINE_AUDIT_DATA", str(tmp_path))
     names = sorted(p.name for p in (repo_root / "sites").glob("*.yaml") if p.name.startswith(("ctspine1k", "verse")))
     assert names == ["ctspine1k-colonog.yaml", "ctspine1k-covid-19.yaml", "ctspine1k-hnscc-3dct-rt.yaml", "ctspine1k-msd-liver.yaml", "verse.yaml"]
     for name in names:
