@@ -250,3 +250,30 @@ def test_totalsegmentator_output_scored_against_the_real_crop(shared_data, tmp_p
                                 prediction_map=get_label_map(version), max_distance_mm=20.0, shape_dice_threshold=0.7, empty_policy=EmptyPolicy())
     assert list(t["vertebra"]) == ["L2", "L3", "L4"] and t["identified"].all()
     np.testing.assert_allclose(t["dice"], 1.0)
+
+
+@pytest.mark.realdata
+def test_cropped_evaluation_equals_full(shared_data, tmp_path):
+    """The CT fast path (crop to the foreground box) gives the same rows as evaluate_case + evaluate_vertebrae_case."""
+    import nibabel as nib
+    import pandas as pd
+
+    from audit.evaluate import EvaluationSettings, evaluate_case
+    from audit.metrics import EmptyPolicy
+    from audit.protocol import VertebraSettings
+    from audit.vertebra_eval import evaluate_case_and_vertebrae, evaluate_vertebrae_case
+
+    img = nib.load(shared_data / "tptbox-lumbar-ct" / "sub-ct_seg-vert_label-22_msk.nii.gz")
+    ref = np.pad(np.asarray(img.dataobj), ((40, 10), (5, 30), (20, 25)))  # room around the spine: the crop happens
+    pred = shifted_by(relabelled(ref, {L4: L5}), 3, axis=1)
+    pred[pred == L3] = 0  # one missed vertebra: worst-case distance = the full image's diagonal
+    for name, arr in (("ref", ref), ("pred", pred)):
+        nib.save(nib.Nifti1Image(arr, img.affine), tmp_path / f"{name}.nii.gz")
+    kw = dict(label_path=str(tmp_path / "ref.nii.gz"), prediction_path=str(tmp_path / "pred.nii.gz"), reference_map=get_label_map("verse"),
+              prediction_map=get_label_map("verse"))
+    settings = EvaluationSettings(("vertebra", "L2", "L3"), ("dice", "hd95", "assd", "nsd_2mm"), EmptyPolicy())
+    metrics, rows = evaluate_case_and_vertebrae("c", settings=settings, vertebrae=VertebraSettings(), **kw)
+    pd.testing.assert_frame_equal(metrics, evaluate_case("c", settings=settings, **kw))
+    full = evaluate_vertebrae_case("c", max_distance_mm=20.0, shape_dice_threshold=0.7, empty_policy=EmptyPolicy(), **kw)
+    pd.testing.assert_frame_equal(rows, full)
+    assert (metrics["status"] == "missed").any() and (rows["error"] == "missed").any()
