@@ -276,8 +276,8 @@ def run_audit(
         from audit.vertebra_eval import write_vertebra_outputs
 
         failures.extend(f for f in vertebra_rows if isinstance(f, CaseFailure))
-        write_vertebra_outputs(run_dir, [t for t in vertebra_rows if isinstance(t, pd.DataFrame)],
-                               [f for f in vertebra_rows if isinstance(f, CaseFailure)], manifest, protocol.vertebrae)
+        vertebra_summary = write_vertebra_outputs(run_dir, [t for t in vertebra_rows if isinstance(t, pd.DataFrame)],
+                                                  [f for f in vertebra_rows if isinstance(f, CaseFailure)], manifest, protocol.vertebrae)
     metric_table = validate_metric_table(pd.concat(frames, ignore_index=True))
     metric_table.to_csv(run_dir / "metrics.csv", index=False)
     manifest.to_csv(run_dir / "manifest.csv", index=False)
@@ -333,6 +333,8 @@ def run_audit(
             "table1": table1,
         },
     )
+    if protocol.vertebrae is not None:
+        document["vertebrae"] = vertebra_summary  # per-vertebra VerSe summaries (issue #15; report section "Per-vertebra evaluation")
     results_path = run_dir / "results.json"
     results_path.write_text(provenance.dumps(document), encoding="utf-8")
     if until == "stats":

@@ -201,7 +201,7 @@ def _group_summary(table: pd.DataFrame, by: str) -> list[dict[str, Any]]:
             by: key,
             "n_reference": n,
             "identified": int(g["identified"].sum()),
-            "identification_rate": float(g["identified"].mean()) if n else math.nan,
+            "identification_percent": 100.0 * float(g["identified"].mean()) if n else math.nan,
             "localization_mm_mean": _mean(g["localization_mm"]),
             "dice_mean": _mean(g["dice"]),
             "hd95_median": float(g["hd95"].median()) if n else math.nan,
@@ -216,8 +216,11 @@ def _group_summary(table: pd.DataFrame, by: str) -> list[dict[str, Any]]:
 def summarize_vertebrae(table: pd.DataFrame, manifest: pd.DataFrame | None = None) -> dict[str, Any]:
     """Per-level, per-site, per-variant and overall summaries of a ``vertebrae.csv`` table (plain JSON data).
 
-    ``identification_rate`` pools vertebrae (VerSe's id.rate over a data set); ``case_identification_rate_mean``
-    is the mean over cases of each case's rate. Rates are descriptive; the statistics stage does not test them.
+    Each is a list of records keyed as the other tables of results.json: ``overall`` (one record, ``group = "all"``),
+    ``per_level`` (``structure`` = the vertebra), ``per_site`` (``site``), ``variants`` (``group`` = L6, T13, missing_T12).
+    ``identification_percent`` pools vertebrae (VerSe's id.rate over a data set, x 100);
+    ``case_identification_percent_mean`` is the mean over cases of each case's rate. Rates are descriptive; the
+    statistics stage does not test them.
     """
     t = table.copy()
     if manifest is not None and len(t):
@@ -226,19 +229,19 @@ def summarize_vertebrae(table: pd.DataFrame, manifest: pd.DataFrame | None = Non
         t["site"] = t["case_id"].str.partition("/")[0]
     ref = t[t["in_reference"]]
     per_case = ref.groupby("case_id")["identified"].mean()
-    overall = _group_summary(t.assign(all="all"), "all")[0] if len(t) else {}
-    overall.pop("all", None)
+    overall = _group_summary(t.assign(group="all"), "group")[0] if len(t) else {"group": "all"}
     overall["n_cases"] = int(t["case_id"].nunique())
-    overall["case_identification_rate_mean"] = float(per_case.mean()) if len(per_case) else math.nan
+    overall["case_identification_percent_mean"] = 100.0 * float(per_case.mean()) if len(per_case) else math.nan
     variants = []
     cases = t.drop_duplicates("case_id")
     for variant in ("L6", "T13", "missing_T12"):
         ids = cases.loc[cases["variants"].fillna("").str.split(";").apply(lambda v: variant in v), "case_id"]
         sub = ref[ref["case_id"].isin(ids)]
-        variants.append({"variant": variant, "n_cases": int(len(ids)), "n_reference": int(len(sub)),
-                         "identification_rate": float(sub["identified"].mean()) if len(sub) else math.nan,
+        variants.append({"group": variant, "n_cases": int(len(ids)), "n_reference": int(len(sub)),
+                         "identification_percent": 100.0 * float(sub["identified"].mean()) if len(sub) else math.nan,
                          "off_by_one": int((sub["error"] == "off_by_one").sum())})
-    return {"overall": overall, "per_level": _group_summary(t, "vertebra"), "per_site": _group_summary(t, "site"), "variants": variants}
+    per_level = [{"structure": r.pop("vertebra"), **r} for r in _group_summary(t, "vertebra")]
+    return {"overall": [overall], "per_level": per_level, "per_site": _group_summary(t, "site"), "variants": variants}
 
 
 def _json_safe(value: Any) -> Any:
@@ -251,11 +254,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_vertebra_outputs(run_dir: Path, frames: list[pd.DataFrame], failures: list[CaseFailure], manifest: pd.DataFrame, settings: Any) -> None:
-    """Write ``vertebrae.csv`` and ``vertebrae.json`` (summaries, settings, the cases that could not be evaluated)."""
+def write_vertebra_outputs(run_dir: Path, frames: list[pd.DataFrame], failures: list[CaseFailure], manifest: pd.DataFrame, settings: Any) -> dict[str, Any]:
+    """Write ``vertebrae.csv`` and ``vertebrae.json`` (summaries, settings, the cases that could not be evaluated).
+
+    Returns the JSON document, which the pipeline also puts into results.json under ``vertebrae``.
+    """
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(VERTEBRA_COLUMNS))
     table.to_csv(Path(run_dir) / VERTEBRAE_CSV, index=False)
     summary = summarize_vertebrae(table, manifest)
     summary["settings"] = {"max_distance_mm": settings.max_distance_mm, "shape_dice_threshold": settings.shape_dice_threshold}
     summary["failed_cases"] = [f.case_id for f in failures]
-    (Path(run_dir) / VERTEBRAE_JSON).write_text(json.dumps(_json_safe(summary), indent=1) + "\n", encoding="utf-8")
+    document = _json_safe(summary)
+    (Path(run_dir) / VERTEBRAE_JSON).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    return document

@@ -126,7 +126,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "harmonization_warnings": results["harmonization"]["warnings"],
         "completeness": results["harmonization"]["metadata_completeness"],
         "site_quality": _site_quality(results),
-        "vertebrae": vertebra_section(run_dir),
+        "vertebrae": vertebra_section(results),
         "synthetic_columns": results["data"].get("synthetic_columns", []),
         "fmt": format_value,
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],

@@ -1,10 +1,9 @@
-"""The report's "Per-vertebra evaluation" section: read ``vertebrae.json`` of a run folder (CT runs, issue #15)."""
+"""The report's "Per-vertebra evaluation" section: the ``vertebrae`` tables of results.json (CT runs, issue #15)."""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -12,9 +11,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["vertebra_section"]
 
 
-def vertebra_section(run_dir: Path) -> dict[str, Any] | None:
+def vertebra_section(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The summaries the ``vertebrae.html.j2`` partial shows, or None when the run has no per-vertebra stage."""
-    path = Path(run_dir) / "vertebrae.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return results.get("vertebrae")
