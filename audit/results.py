@@ -10,7 +10,7 @@ import datetime as dt
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -29,7 +29,7 @@ RESULTS_SCHEMA_VERSION = "1.0"
 def results_document(
     *,
     protocol: Protocol,
-    model: Any,
+    model: Mapping[str, Any],
     manifest: pd.DataFrame,
     metric_table: pd.DataFrame,
     names: Sequence[str],
@@ -40,7 +40,7 @@ def results_document(
     finished: dt.datetime,
     command: str | None,
 ) -> dict[str, Any]:
-    """Assemble results.json (schema in docs/report.md)."""
+    """Assemble results.json (schema in docs/report.md); ``model`` is the run folder's model.json identity."""
     versions = provenance.software_versions()
     deidentified = manifest.drop(columns=["image_path", "label_path", "prediction_path"], errors="ignore")
     synthetic_columns = list(protocol.report.synthetic_columns)
@@ -48,6 +48,8 @@ def results_document(
     warnings = list(results.warnings)
     if n_failed_cases:
         warnings.insert(0, f"{n_failed_cases} case(s) failed and are listed under data quality; they are counted, not dropped")
+    if n_failed_cases and n_failed_cases == manifest["case_id"].nunique():
+        warnings.insert(0, "every case failed: no metric could be computed, so no estimate exists and every criterion is inconclusive")
     if synthetic_columns:
         warnings.append(f"columns {synthetic_columns} are synthetic (generated), not real patient data")
     return {
@@ -62,13 +64,7 @@ def results_document(
         },
         "protocol": protocol_to_dict(protocol),
         "protocol_sha256": protocol.sha256,
-        "model": {
-            "name": model.spec.name,
-            "kind": model.spec.kind,
-            "sha256": model.sha256,
-            "labels": {str(k): v for k, v in model.label_map.values.items()},
-            "device": str(model.device),
-        },
+        "model": {k: model[k] for k in ("name", "kind", "sha256", "labels", "device")},
         "data": {
             "manifest_sha256": provenance.sha256_table(deidentified),
             "n_cases": int(len(manifest)),

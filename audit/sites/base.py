@@ -59,6 +59,9 @@ class RawCase:
         Raw values under :data:`audit.harmonize.metadata.RAW_KEYS`.
     extra : Mapping[str, Any]
         Further manifest columns (non-identifying), e.g. ``split`` or ``session``.
+    failure : CaseFailure or None
+        Set when the case is known (with its metadata) but cannot be used, e.g. its label file is missing:
+        the case keeps a manifest row with its metadata and this failure is recorded (:meth:`failed`).
     """
 
     local_id: str
@@ -67,6 +70,11 @@ class RawCase:
     patient_id: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    failure: CaseFailure | None = None
+
+    def failed(self, failure: CaseFailure) -> RawCase:
+        """This case, marked as failed (it keeps its metadata in the manifest)."""
+        return dataclasses.replace(self, failure=failure)
 
 
 @dataclasses.dataclass(frozen=True)

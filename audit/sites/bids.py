@@ -98,12 +98,6 @@ def iter_bids(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
         anat_dir = (files.get("image") or files["sidecar"]).parent.relative_to(config.root).as_posix()
         image = files.get("image", config.root / anat_dir / f"{stem}{extension}")
         label = config.root / labels.format(anat_dir=anat_dir, stem=stem, subject=subject)
-        if "image" not in files:
-            yield missing_file_failure(case_id, config.name, "image", image)
-            continue
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
-            continue
         row = participants.get(subject)
         if row is None and participants:
             yield CaseFailure(case_id, "adapter", f"subject {subject!r} has no row in {participants_path}", "MissingMetadata", config.name)
@@ -111,7 +105,13 @@ def iter_bids(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
         metadata = raw_metadata(row or {}, columns)
         metadata.update(_sidecar(files.get("sidecar")))
         session = next((p for p in local_id.split("_") if p.startswith("ses-")), None)
-        yield RawCase(local_id, image, label, patient_id=subject, metadata=metadata, extra={"session": session} if session else {})
+        case = RawCase(local_id, image, label, patient_id=subject, metadata=metadata, extra={"session": session} if session else {})
+        if "image" not in files:
+            yield case.failed(missing_file_failure(case_id, config.name, "image", image))
+        elif not label.is_file():
+            yield case.failed(missing_file_failure(case_id, config.name, "label", label))
+        else:
+            yield case
 
 
 register_adapter(

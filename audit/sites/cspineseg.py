@@ -82,19 +82,19 @@ def iter_cspineseg(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
         local_id = local_pattern.format(**fields)
         case_id = f"{config.name}/{local_id}"
         image, label = config.root / images.format(**fields), config.root / labels.format(**fields)
-        if not image.is_file():
-            yield missing_file_failure(case_id, config.name, "image", image)
-            continue
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
-            continue
         patient = patients.get(fields["case"])
         if patient is None:
             yield CaseFailure(case_id, "adapter", f"patient {fields['case']!r} has no row in the case table", "MissingMetadata", config.name)
             continue
         metadata = {k: patient.get(c) for k, c in _CASE_COLUMNS.items()} | {k: row.get(c) for k, c in _SERIES_COLUMNS.items()}
         extra = {"cspineseg_site_id": patient.get("site_id")} if patient.get("site_id") not in (None, "") else {}
-        yield RawCase(local_id, image, label, patient_id=fields["case"], metadata=metadata, extra=extra)
+        case = RawCase(local_id, image, label, patient_id=fields["case"], metadata=metadata, extra=extra)
+        if not image.is_file():
+            yield case.failed(missing_file_failure(case_id, config.name, "image", image))
+        elif not label.is_file():
+            yield case.failed(missing_file_failure(case_id, config.name, "label", label))
+        else:
+            yield case
 
 
 register_adapter(

@@ -258,13 +258,11 @@ def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
             yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
             continue
         assert label is not None
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
-            continue
         header = members[0][1]
-        yield RawCase(
+        case = RawCase(
             local_id, image, label, patient_id=_patient_id(header, local_id, config.name), metadata=_metadata(header), extra=ct_extra(header)
         )
+        yield case if label.is_file() else case.failed(missing_file_failure(case_id, config.name, "label", label))
 
 
 register_adapter(

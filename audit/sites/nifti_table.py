@@ -101,14 +101,14 @@ def iter_nifti_table(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
             continue
         image = config.root / images.format(case_id=local_id)
         label = config.root / labels.format(case_id=local_id)
-        if not (local_id in on_disk if on_disk else image.is_file()):
-            yield missing_file_failure(case_id, config.name, "image", image)
-            continue
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
-            continue
         patient = row.get(columns["patient_id"]) if "patient_id" in columns else None
-        yield RawCase(local_id, image, label, patient_id=patient, metadata=raw_metadata(row, columns))
+        case = RawCase(local_id, image, label, patient_id=patient, metadata=raw_metadata(row, columns))
+        if not (local_id in on_disk if on_disk else image.is_file()):
+            yield case.failed(missing_file_failure(case_id, config.name, "image", image))
+        elif not label.is_file():
+            yield case.failed(missing_file_failure(case_id, config.name, "label", label))
+        else:
+            yield case
     for local_id in sorted(set(on_disk) - set(counts)):
         yield CaseFailure(
             f"{config.name}/{local_id}",

@@ -109,18 +109,18 @@ def iter_nnunet(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
         for local_id in sorted(image_ids | label_ids):
             case_id = f"{config.name}/{local_id}"
             image, label = image_dir / f"{local_id}{channel}", label_dir / f"{local_id}{ending}"
-            if local_id not in image_ids:
-                yield missing_file_failure(case_id, config.name, "image", image)
-                continue
-            if local_id not in label_ids:
-                yield missing_file_failure(case_id, config.name, "label", label)
-                continue
             row = rows.get(local_id)
             if row is None and rows:
                 yield CaseFailure(case_id, "adapter", f"case {local_id!r} has no row in the metadata table", "MissingMetadata", config.name)
                 continue
             patient = (row or {}).get(columns["patient_id"]) if "patient_id" in columns else None
-            yield RawCase(local_id, image, label, patient_id=patient, metadata=raw_metadata(row or {}, columns), extra={"split": split})
+            case = RawCase(local_id, image, label, patient_id=patient, metadata=raw_metadata(row or {}, columns), extra={"split": split})
+            if local_id not in image_ids:
+                yield case.failed(missing_file_failure(case_id, config.name, "image", image))
+            elif local_id not in label_ids:
+                yield case.failed(missing_file_failure(case_id, config.name, "label", label))
+            else:
+                yield case
 
 
 register_adapter(

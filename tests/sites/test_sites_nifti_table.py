@@ -68,7 +68,12 @@ def site(tmp_path):
 def test_manifest_rows_are_harmonized_and_valid(site):
     manifest, failures = build_manifest([site])
     validate_manifest(manifest)
-    assert manifest["case_id"].tolist() == ["site-A/c0", "site-A/c1", "site-A/c2", "site-A/unknownlab", "site-A/shifted", "site-A/corrupt"]
+    usable = manifest[~manifest["case_id"].isin({f.case_id for f in failures})]
+    assert usable["case_id"].tolist() == ["site-A/c0", "site-A/c1", "site-A/c2", "site-A/unknownlab", "site-A/shifted", "site-A/corrupt"]
+    # cases whose files are missing keep their rows and metadata (Table 1, completeness, their own groups)
+    assert {"site-A/c3", "site-A/nofiles"} <= set(manifest["case_id"])
+    missing_label = manifest.set_index("case_id").loc["site-A/c3"]
+    assert (missing_label["vendor"], missing_label["sex"], missing_label["race"], missing_label["age_years"]) == ("Siemens", "F", "White", 30.0)
     row = manifest.set_index("case_id").loc["site-A/c2"]
     assert (row["vendor"], row["field_strength"], row["sex"], row["race"], row["ethnicity"]) == ("Philips", "1.5T", "Other", "Unknown", "Unknown")
     assert row["age_years"] == 90.0 and bool(row["age_redacted"]) and row["age_years_raw"] == ">89"
