@@ -85,9 +85,6 @@ def iter_ctspine1k(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
     label_ids = _scan(labels, _LABEL_SUFFIX, None)
     for local_id in sorted(image_ids):
         case_id = f"{config.name}/{local_id}"
-        if local_id not in label_ids:
-            yield missing_file_failure(case_id, config.name, "label", labels / f"{local_id}{_LABEL_SUFFIX}")
-            continue
         try:
             general, ct_raw = read_sidecar(images / f"{local_id}.json")
         except ValueError as exc:
@@ -108,7 +105,10 @@ def iter_ctspine1k(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
                 continue
             patient = match.group("patient")
         extra = {"ct_source": source, **ct_extra_from_raw(ct_raw, defaults)}
-        yield RawCase(local_id, image_ids[local_id], label_ids[local_id], patient_id=patient, metadata=general, extra=extra)
+        label = label_ids.get(local_id, labels / f"{local_id}{_LABEL_SUFFIX}")
+        case = RawCase(local_id, image_ids[local_id], label, patient_id=patient, metadata=general, extra=extra)
+        # a missing mask fails the case but keeps its metadata in the manifest (counted in its groups)
+        yield case if local_id in label_ids else case.failed(missing_file_failure(case_id, config.name, "label", label))
     for local_id in sorted(set(label_ids) - set(image_ids)):
         yield CaseFailure(f"{config.name}/{local_id}", "adapter", f"mask {label_ids[local_id]} has no image {local_id}{_IMAGE_SUFFIX}", "MissingImage", config.name)
 

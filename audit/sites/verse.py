@@ -48,11 +48,8 @@ def iter_verse(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
         subject, stem = image.parent.name, image.name[: -len("_ct.nii.gz")]
         case_id = f"{config.name}/{stem}"
         label = deriv / subject / f"{stem}_seg-vert_msk.nii.gz"
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
-            continue
         centroids = next((deriv / subject / f"{stem}{s}" for s in CENTROID_SUFFIXES if (deriv / subject / f"{stem}{s}").is_file()), None)
-        if centroids is None and require:
+        if centroids is None and require and label.is_file():
             yield CaseFailure(case_id, "adapter", f"no centroid file {stem}{CENTROID_SUFFIXES[0]} in {deriv / subject}", "MissingCentroids", config.name)
             continue
         try:
@@ -61,7 +58,8 @@ def iter_verse(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
             yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
             continue
         extra = {"centroids_path": str(centroids) if centroids else "", **ct_extra_from_raw(ct_raw, defaults)}
-        yield RawCase(stem, image, label, patient_id=subject, metadata=general, extra=extra)
+        case = RawCase(stem, image, label, patient_id=subject, metadata=general, extra=extra)
+        yield case if label.is_file() else case.failed(missing_file_failure(case_id, config.name, "label", label))
 
 
 def load_verse_centroids(path: str | Path, shape: tuple[int, int, int], axcodes: tuple[str, str, str], spacing: tuple[float, ...]) -> dict[int, np.ndarray]:

@@ -31,7 +31,8 @@ def test_ctspine1k_source_layout_and_failures(tmp_path):
                                "options": {"source": "COVID-19", "ct_defaults": {"contrast": "non-contrast"}}})
     assert config.label_map.name == "ctspine1k"
     manifest, failures = build_manifest([config])
-    assert sorted(manifest["case_id"]) == ["covid/covid_001", "covid/covid_002"]
+    # the case without a mask fails but keeps its row (and metadata); the mask without an image has no case to keep
+    assert sorted(manifest["case_id"]) == ["covid/covid_001", "covid/covid_002", "covid/covid_003"]
     assert sorted((f.case_id, f.error_type) for f in failures) == [("covid/covid_003", "MissingLabel"), ("covid/covid_009", "MissingImage")]
     row = manifest.set_index("case_id").loc["covid/covid_002"]
     assert (row["vendor"], row["kvp_band"], row["slice_thickness_band"], row["kernel_class"], row["contrast"]) == (
@@ -91,7 +92,7 @@ def test_verse_layout_and_centroid_file_round_trip(verse_layout):
     config = load_site_config({"name": "verse", "format": "verse", "root": str(root)})
     manifest, failures = build_manifest([config])
     assert [(f.case_id, f.error_type) for f in failures] == [("verse/sub-ct01_dir-ax", "MissingLabel")]
-    row = manifest.iloc[0]
+    row = manifest.set_index("case_id", drop=False).loc["verse/sub-ct01"]
     assert (row["case_id"], row["patient_id"], row["label_map"]) == ("verse/sub-ct01", "sub-ct01", "verse")
     loaded = load_verse_centroids(row["centroids_path"], arr.shape, nib.aff2axcodes(mask.affine), spacing)
     assert sorted(loaded) == [21, 22, 23]  # the NaN entry is skipped, as VerSe's load_centroids does
