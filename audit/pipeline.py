@@ -285,7 +285,7 @@ def stage_metrics(ctx: StageContext) -> None:
 
         vertebra_failures = [f for f in vertebra_rows if isinstance(f, CaseFailure)]
         failures.extend(vertebra_failures)
-        write_vertebra_outputs(folder.root, [t for t in vertebra_rows if isinstance(t, pd.DataFrame)], vertebra_failures, manifest,
+        write_vertebra_outputs(folder, [t for t in vertebra_rows if isinstance(t, pd.DataFrame)], vertebra_failures, manifest,
                                ctx.protocol.vertebrae)
     folder.write_metrics(pd.concat(frames, ignore_index=True))
     folder.write_failures("metrics", failures)
@@ -319,9 +319,9 @@ def stage_stats(ctx: StageContext) -> None:
     tables = {name: getattr(results, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance")}
     folder.write_tables({**tables, "table1": table1})
     if protocol.vertebrae is not None:  # per-vertebra VerSe summaries (issue #15; report section "Per-vertebra evaluation")
-        from audit.vertebra_eval import VERTEBRAE_JSON
+        from audit.runfolder import VERTEBRAE_SUMMARY
 
-        document["vertebrae"] = json.loads((folder.root / VERTEBRAE_JSON).read_text(encoding="utf-8"))
+        document["vertebrae"] = json.loads(folder.path(VERTEBRAE_SUMMARY).read_text(encoding="utf-8"))
     folder.write_results(document)
     ctx.progress("stats", 1, 1)
 

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -25,17 +24,17 @@ import numpy as np
 import pandas as pd
 
 from audit.evaluate import AFFINE_ATOL_MM, EvaluationSettings, evaluate_arrays
+from audit.fileio import atomic_write_text
 from audit.metrics import EmptyPolicy, load_labels_with_affine
 from audit.metrics.vertebrae import VERTEBRA_COLUMNS, evaluate_vertebrae, verse_numbering
 from audit.ontology import LabelMap, present_values
 from audit.records import CaseFailure
+from audit.runfolder import VERTEBRAE, VERTEBRAE_SUMMARY, RunFolder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_vertebrae_case", "evaluate_case_and_vertebrae", "summarize_vertebrae", "write_vertebra_outputs", "VERTEBRAE_CSV",
-           "VERTEBRAE_JSON"]
+__all__ = ["evaluate_vertebrae_case", "evaluate_case_and_vertebrae", "summarize_vertebrae", "write_vertebra_outputs"]
 
-VERTEBRAE_CSV, VERTEBRAE_JSON = "vertebrae.csv", "vertebrae.json"
 _ERRORS = ("off_by_one", "mislabelled", "mislocalized", "missed")
 
 
@@ -254,16 +253,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_vertebra_outputs(run_dir: Path, frames: list[pd.DataFrame], failures: list[CaseFailure], manifest: pd.DataFrame, settings: Any) -> dict[str, Any]:
+def write_vertebra_outputs(folder: RunFolder, frames: list[pd.DataFrame], failures: list[CaseFailure], manifest: pd.DataFrame, settings: Any) -> dict[str, Any]:
     """Write ``vertebrae.csv`` and ``vertebrae.json`` (summaries, settings, the cases that could not be evaluated).
 
     Returns the JSON document, which the pipeline also puts into results.json under ``vertebrae``.
     """
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(VERTEBRA_COLUMNS))
-    table.to_csv(Path(run_dir) / VERTEBRAE_CSV, index=False)
+    folder.write_csv(VERTEBRAE, table)
     summary = summarize_vertebrae(table, manifest)
     summary["settings"] = {"max_distance_mm": settings.max_distance_mm, "shape_dice_threshold": settings.shape_dice_threshold}
     summary["failed_cases"] = [f.case_id for f in failures]
     document = _json_safe(summary)
-    (Path(run_dir) / VERTEBRAE_JSON).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(folder.path(VERTEBRAE_SUMMARY), json.dumps(document, indent=1) + "\n")
     return document
