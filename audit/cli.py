@@ -145,18 +145,22 @@ def demo_protocol_path(modality: str = "mri") -> Path:
 @sites_app.command("check")
 def sites_check(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Site config YAML."),
+    protocol: Path | None = typer.Option(None, "--protocol", exists=True, dir_okay=False, help="Protocol whose age bands to count (default bands otherwise)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Report what a data manager needs before an audit; exit status 1 when there are errors."""
+    from audit.protocol import load_protocol
+    from audit.records import DEFAULT_AGE_BAND_EDGES
     from audit.sites import check_site, load_site_config
 
     _setup_logging(verbose)
     try:
         cfg = load_site_config(config)
+        edges = load_protocol(protocol).subgroups.age_bands if protocol else DEFAULT_AGE_BAND_EDGES
     except (ValueError, KeyError) as exc:
-        console.print(f"[red]Invalid site config:[/red] {exc}")
+        console.print(f"[red]Invalid site config or protocol:[/red] {exc}")
         raise typer.Exit(2) from None
-    report = check_site(cfg)
+    report = check_site(cfg, age_band_edges=edges)
     console.print(report)
     if not report.ok:
         raise typer.Exit(1)

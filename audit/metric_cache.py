@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,15 @@ def _label_map_doc(label_map: LabelMap) -> dict[str, Any]:
 
 
 def metric_cache_key(
-    *, label_path: str | Path, prediction_path: str | Path, reference_map: LabelMap, prediction_map: LabelMap, settings: EvaluationSettings
+    *,
+    label_path: str | Path,
+    prediction_path: str | Path,
+    reference_map: LabelMap,
+    prediction_map: LabelMap,
+    settings: EvaluationSettings,
+    annotated: Collection[str] | None = None,
 ) -> str:
-    """SHA-256 of the inputs that determine a case's metric rows (file contents, label maps, settings).
+    """SHA-256 of the inputs that determine a case's metric rows (file contents, label maps, settings, annotated structures).
 
     Examples
     --------
@@ -70,6 +77,7 @@ def metric_cache_key(
         "reference_map": _label_map_doc(reference_map),
         "prediction_map": _label_map_doc(prediction_map),
         "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
+        "annotated": None if annotated is None else sorted(annotated),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -115,6 +123,7 @@ def evaluate_case_cached(case_id: str, *, cache_dir: str | Path, **kwargs: Any) 
             reference_map=kwargs["reference_map"],
             prediction_map=kwargs["prediction_map"],
             settings=kwargs["settings"],
+            annotated=kwargs.get("annotated"),
         )
     except OSError:
         return evaluate_case(case_id, **kwargs)

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from audit.evaluate import EvaluationSettings, metric_names
+from audit.evaluate import EvaluationSettings, metric_names, not_annotated
 from audit.execution import map_cases
 from audit.metric_cache import evaluate_case_cached
 from audit.metrics import EmptyPolicy, metric_spec
@@ -122,9 +122,13 @@ def resolve_sites(protocol: Protocol, cohort_dir: Path | None) -> list[Any]:
     return configs
 
 
-def _site_label_maps(ctx: StageContext) -> dict[str, Any]:
+def _site_configs(ctx: StageContext) -> dict[str, Any]:
     cohort_dir = ctx.folder.cohort_dir if ctx.protocol.synthetic_cohort is not None else None
-    return {c.name: c.label_map for c in resolve_sites(ctx.protocol, cohort_dir)}
+    return {c.name: c for c in resolve_sites(ctx.protocol, cohort_dir)}
+
+
+def _site_label_maps(ctx: StageContext) -> dict[str, Any]:
+    return {name: c.label_map for name, c in _site_configs(ctx).items()}
 
 
 def _failed_manifest_rows(failures: Sequence[CaseFailure], manifest: pd.DataFrame) -> pd.DataFrame:
@@ -238,7 +242,13 @@ def stage_metrics(ctx: StageContext) -> None:
     identity = folder.read_model()
     prediction_map = resolve_label_map({"values": identity["labels"], "ignore": identity.get("ignore", [])}, name=identity.get("label_map_name", "model"))
     settings = _evaluation_settings(ctx.protocol)
-    site_maps = _site_label_maps(ctx)
+    configs = _site_configs(ctx)
+    site_maps = {name: c.label_map for name, c in configs.items()}
+    annotates = {name: c.annotated_structures for name, c in configs.items()}
+
+    def skipped(site: str) -> tuple[str, ...]:  # structures the site does not annotate: not_assessed, never failed
+        return not_annotated(settings.structures, annotates.get(site))
+
     errors: dict[str, list[str]] = {}
     for f in earlier:
         errors.setdefault(f.case_id, []).append(f.error)
@@ -252,7 +262,8 @@ def stage_metrics(ctx: StageContext) -> None:
             evaluable.append(r)
     jobs = (
         ((r.case_id,), dict(cache_dir=folder.metric_cache_dir, label_path=r.label_path, prediction_path=r.prediction_path,
-                            reference_map=site_maps[r.site], prediction_map=prediction_map, settings=settings, site=r.site))
+                            reference_map=site_maps[r.site], prediction_map=prediction_map, settings=settings, site=r.site,
+                            annotated=annotates[r.site]))
         for r in evaluable
     )  # fmt: skip
     evaluate: Any = evaluate_case_cached
@@ -277,8 +288,8 @@ def stage_metrics(ctx: StageContext) -> None:
             scored[r.case_id] = result
         ctx.progress("metrics", i + 1, len(evaluable))
     frames = [
-        scored[cid] if cid in scored else failed_case_rows(cid, settings.structures, settings.metrics, "; ".join(errors[cid]))
-        for cid in manifest["case_id"]
+        scored[cid] if cid in scored else failed_case_rows(cid, settings.structures, settings.metrics, "; ".join(errors[cid]), not_assessed=skipped(site))
+        for cid, site in zip(manifest["case_id"], manifest["site"])
     ]
     if ctx.protocol.vertebrae is not None:  # vertebrae.csv, vertebrae.json (issue #15)
         from audit.vertebra_eval import write_vertebra_outputs

@@ -18,7 +18,7 @@ import pandas as pd
 from audit import __version__, provenance
 from audit.metrics import metric_spec
 from audit.protocol import Protocol, protocol_to_dict
-from audit.records import METADATA_COLUMNS, CaseFailure, failure_table
+from audit.records import METADATA_COLUMNS, NOT_ASSESSED, CaseFailure, failure_table
 from audit.sites import metadata_warning_table
 
 __all__ = ["RESULTS_SCHEMA_VERSION", "results_document"]
@@ -71,6 +71,7 @@ def results_document(
             "n_patients": int(manifest["patient_id"].nunique()),
             "n_sites": int(manifest["site"].nunique()),
             "n_failed_cases": n_failed_cases,
+            "n_not_assessed": int(metric_table.loc[metric_table["status"] == NOT_ASSESSED, ["case_id", "structure"]].drop_duplicates().shape[0]),
             "synthetic": protocol.synthetic_cohort is not None,
             "synthetic_columns": synthetic_columns,
         },
@@ -84,6 +85,7 @@ def results_document(
             },
             "empty_policy": {"missed_distance": protocol.metrics.missed_distance},
             "detection": provenance.detection_counts(metric_table),
+            "annotation": provenance.annotation_matrix(metric_table, manifest),
         },
         "statistics": results.to_dict(),
         "failures": failure_table(failures),

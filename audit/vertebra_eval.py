@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import nibabel as nib
@@ -116,6 +116,7 @@ def evaluate_case_and_vertebrae(
     vertebrae: Any,
     centroids_path: str | None = None,
     site: str = "Unknown",
+    annotated: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame | CaseFailure, pd.DataFrame | CaseFailure | None]:
     """:func:`audit.evaluate.evaluate_case` and the per-vertebra rows from one read of the two label files.
 
@@ -139,7 +140,7 @@ def evaluate_case_and_vertebrae(
     present = (present_values(ref_raw), present_values(pred_raw))  # one count per array, shared by both evaluations
     try:
         metrics: pd.DataFrame | CaseFailure = evaluate_arrays(case_id, ref_raw, pred_raw, spacing, reference_map=reference_map,
-                                                             prediction_map=prediction_map, settings=settings, present=present)
+                                                             prediction_map=prediction_map, settings=settings, annotated=annotated, present=present)
     except Exception as exc:
         logger.warning("case %s failed: %s", case_id, exc)
         metrics = CaseFailure.from_exception(case_id, getattr(exc, "audit_stage", "harmonize"), exc, site=site)

@@ -192,7 +192,7 @@ def verse_numbering(array: np.ndarray, label_map: LabelMap, *, present: np.ndarr
     Examples
     --------
     >>> from audit.ontology import get_label_map
-    >>> verse_numbering(np.array([0, 27, 31, 25, 5]), get_label_map("totalseg_v2")).tolist()
+    >>> verse_numbering(np.array([0, 27, 31, 25, 5]), get_label_map("totalseg_ct_v2")).tolist()
     [0, 24, 20, 0, 0]
     """
     arr = np.asarray(array)

@@ -131,6 +131,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "completeness": results["harmonization"]["metadata_completeness"],
         "site_quality": _site_quality(results),
         "vertebrae": vertebra_section(results),
+        "annotation": _annotation(results),
         "synthetic_columns": results["data"].get("synthetic_columns", []),
         "fmt": format_value,
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],
@@ -167,6 +168,14 @@ def _site_quality(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         complete = 100.0 * known / (known + unknown) if known + unknown else None
         out.append({"site": site, "table1_row": i, "failed": len(failed), "warned": warned, "unknown": unknown, "complete": complete})
     return out
+
+
+def _annotation(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The site x structure annotation matrix (``metrics.annotation``): per site, (structure, row index, annotated)."""
+    out: dict[str, list[tuple[str, int, bool]]] = {}
+    for i, row in enumerate(results["metrics"].get("annotation", [])):
+        out.setdefault(row["site"], []).append((row["structure"], i, bool(row["annotated"])))
+    return [{"site": site, "cells": cells} for site, cells in out.items()]
 
 
 def _label_map(name: str, values: Mapping[str, str] | None) -> LabelMap | None:

@@ -12,7 +12,7 @@ import pandas as pd
 from audit.harmonize.metadata import RAW_KEYS, MetadataError, harmonize_metadata, is_missing
 from audit.harmonize.privacy import PrivacyError, assert_no_identifiers, pseudonymize
 from audit.records import MANIFEST_COLUMNS, METADATA_COLUMNS, CaseFailure, ManifestRow, validate_manifest
-from audit.sites.base import RawCase, get_adapter
+from audit.sites.base import PathOutsideRootError, RawCase, check_case_id, get_adapter
 from audit.sites.config import SiteConfig
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,11 @@ def iter_site(config: SiteConfig, *, failed_rows: bool = False) -> Iterator[Mani
             yield item
             continue
         case_id = f"{config.name}/{item.local_id}"
+        try:  # every adapter's ids: a local id also names prediction files, so it must be a safe relative path
+            check_case_id(item.local_id)
+        except PathOutsideRootError as exc:
+            yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            continue
         if case_id in seen:
             yield CaseFailure(case_id, "adapter", f"duplicate case id {case_id!r} in site {config.name!r}", "DuplicateCaseId", config.name)
             continue

@@ -69,4 +69,4 @@ def test_ct_demo_protocol_is_valid(repo_root):
     proto = load_protocol(repo_root / "protocols" / "demo_ct.yaml")
     assert proto.synthetic_cohort.modality == "ct" and proto.vertebrae.max_distance_mm == 20.0
     example = load_protocol(repo_root / "protocols" / "ctspine1k_totalsegmentator.yaml")
-    assert example.model["labels"] == "totalseg_v2"
+    assert example.model["labels"] == "totalseg_ct_v2"

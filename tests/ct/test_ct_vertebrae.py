@@ -155,12 +155,12 @@ def test_rejects_values_that_are_not_verse_vertebrae():
 @pytest.mark.parametrize(
     ("name", "raw", "expected"),
     [
-        ("totalseg_v2", [0, 27, 31, 32, 50, 25, 26, 5], [0, L5, L1, T12, 1, 0, 0, 0]),
-        ("totalseg_v1", [0, 18, 22, 23, 41, 92, 5], [0, L5, L1, T12, 1, 0, 0]),
+        ("totalseg_ct_v2", [0, 27, 31, 32, 50, 25, 26, 5], [0, L5, L1, T12, 1, 0, 0, 0]),
+        ("totalseg_ct_v1", [0, 18, 22, 23, 41, 92, 5], [0, L5, L1, T12, 1, 0, 0]),
         ("verse", [0, 19, 28, 20, 25, 26, 27], [0, T12, T13, L1, L6, 0, 0]),
         ("ctspine1k", [0, 1, 19, 25], [0, 1, T12, L6]),
     ],
-    ids=["totalseg-v2", "totalseg-v1", "verse-T13", "ctspine1k"],
+    ids=["totalseg-ct-v2", "totalseg-ct-v1", "verse-T13", "ctspine1k"],
 )
 def test_verse_numbering_of_known_conventions(name, raw, expected):
     # expected values from the sources cited in audit/ontology.py (TotalSegmentator map_to_binary.py, VerSe v_dict)
@@ -232,7 +232,7 @@ def test_with_a_t13_the_t12_called_l1_is_two_levels_off():
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize(("version", "offset"), [("totalseg_v2", {21: 30, 22: 29, 23: 28}), ("totalseg_v1", {21: 21, 22: 20, 23: 19})], ids=["v2", "v1"])
+@pytest.mark.parametrize(("version", "offset"), [("totalseg_ct_v2", {21: 30, 22: 29, 23: 28}), ("totalseg_ct_v1", {21: 21, 22: 20, 23: 19})], ids=["v2", "v1"])
 def test_totalsegmentator_output_scored_against_the_real_crop(shared_data, tmp_path, version, offset):
     """A TotalSegmentator multilabel output (L2/L3/L4 in its own numbering, plus an organ) read as predictions."""
     import nibabel as nib

@@ -117,7 +117,7 @@ def test_check_site_reports_errors_counts_and_labels(site):
     assert report.label_values[2][:2] == (5, 5)  # the corrupt case has a readable label and report.label_values[2][2] == "intervertebral_disc"
     assert report.counts["vendor"] == {"Siemens": 3, "GE": 1, "Philips": 1, "Other": 1}
     assert report.counts["field_strength"] == {"1.5T": 2, "3T": 4}
-    assert report.counts["age_band"] == {"40-60": 4, "60-75": 1, "75-120": 1}  # ages 45, 61, 90 (redacted), 50 x 3
+    assert report.counts["age_band"] == {"40-59": 4, "60-74": 1, "75+": 1}  # ages 45, 61, 90 (redacted), 50 x 3; the report's bands
     assert report.completeness["ethnicity"] == pytest.approx(2 / 6)
     text = report.render()
     for needle in ("cases found", "GeometryMismatchError", "Label values seen", "Cases by vendor", "Unmapped metadata values"):
