@@ -338,7 +338,7 @@ def stage_stats(ctx: StageContext) -> None:
         protocol=protocol, model=folder.read_model(), manifest=manifest, metric_table=metric_table, names=names, results=results,
         table1=table1, failures=failures, started=ctx.started, finished=dt.datetime.now(dt.timezone.utc), command=ctx.command,
     )  # fmt: skip
-    tables = {name: getattr(results, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance")}
+    tables = {name: getattr(results, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance", "new_site")}
     folder.write_tables({**tables, "table1": table1})
     if protocol.vertebrae is not None:  # per-vertebra VerSe summaries (issue #15; report section "Per-vertebra evaluation")
         from audit.runfolder import VERTEBRAE_SUMMARY
