@@ -73,9 +73,9 @@ def _vertebra_rows(
     )
 
 
-def _load_pair(label_path: str, prediction_path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray]:
-    ref_raw, spacing, affine = load_labels_with_affine(label_path)
-    pred_raw, _, pred_affine = load_labels_with_affine(prediction_path)
+def _load_pair(label_path: str, prediction_path: str, limits: Any = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray]:
+    ref_raw, spacing, affine = load_labels_with_affine(label_path, limits=limits, role="reference label")
+    pred_raw, _, pred_affine = load_labels_with_affine(prediction_path, limits=limits, role="prediction")
     if ref_raw.shape != pred_raw.shape or not np.allclose(affine, pred_affine, atol=AFFINE_ATOL_MM):
         raise ValueError(f"prediction grid {pred_raw.shape} differs from the reference grid {ref_raw.shape} (shape or affine)")
     return ref_raw, pred_raw, spacing, affine
@@ -125,7 +125,7 @@ def evaluate_case_and_vertebrae(
     the per-case time (docs/performance.md).
     """
     try:
-        ref_raw, pred_raw, spacing, affine = _load_pair(label_path, prediction_path)
+        ref_raw, pred_raw, spacing, affine = _load_pair(label_path, prediction_path, getattr(settings, "limits", None))
     except Exception as exc:
         logger.warning("case %s failed at harmonize: %s", case_id, exc)
         return CaseFailure.from_exception(case_id, "harmonize", exc, site=site), None
