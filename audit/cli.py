@@ -242,6 +242,7 @@ def demo(
     seed: Optional[int] = typer.Option(None, "--seed", help="Cohort seed (default: the demo protocol's)."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
     workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
+    modality: str = typer.Option("mri", "--modality", help="mri (cervical MRI demo) or ct (CT vertebra-labelling demo, docs/ct.md)."),
     fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
@@ -255,23 +256,25 @@ def demo(
     _setup_logging(verbose)
     if cases is not None and cases < 8:
         raise UserError(f"--cases: must be at least 8 (two per site); found {cases}")
-    proto = load_protocol(demo_protocol_path())
+    if modality not in ("mri", "ct"):
+        raise UserError(f"--modality: allowed values are 'mri', 'ct'; found {modality!r}")
+    proto = load_protocol(demo_protocol_path(modality))
     cohort = proto.synthetic_cohort
     assert cohort is not None  # the demo protocol always has one
     cohort = dataclasses.replace(cohort, n_cases=cases or cohort.n_cases, seed=cohort.seed if seed is None else seed)
     proto = dataclasses.replace(proto, synthetic_cohort=cohort)
     start = time.perf_counter()
     try:
-        _run(proto, out or _default_run_dir("demo"), device, workers or os.cpu_count() or 1, "report", quiet, fail_on_criteria)
+        _run(proto, out or _default_run_dir("demo-ct" if modality == "ct" else "demo"), device, workers or os.cpu_count() or 1, "report", quiet, fail_on_criteria)
     except typer.Exit:
         console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
         raise
     console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
 
 
-def demo_protocol_path() -> Path:
-    """The demo protocol shipped as package data (``protocols/demo.yaml`` links to it)."""
-    return Path(str(resources.files("audit") / "data" / "demo.yaml"))
+def demo_protocol_path(modality: str = "mri") -> Path:
+    """The demo protocol shipped as package data (``protocols/demo.yaml`` and ``protocols/demo_ct.yaml`` link to them)."""
+    return Path(str(resources.files("audit") / "data" / ("demo_ct.yaml" if modality == "ct" else "demo.yaml")))
 
 
 @sites_app.command("check")

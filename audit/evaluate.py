@@ -20,7 +20,7 @@ from audit.records import CaseFailure, not_assessed_rows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationSettings", "structure_values", "metric_names", "evaluate_case", "not_annotated"]
+__all__ = ["EvaluationSettings", "structure_values", "metric_names", "evaluate_case", "evaluate_arrays", "load_case_labels", "not_annotated"]
 
 #: Absolute tolerance (mm) when comparing the reference's and the prediction's affines.
 AFFINE_ATOL_MM = 1e-3
@@ -105,26 +105,58 @@ def evaluate_case(
     """
     stage = "harmonize"
     try:
-        reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label", settings.limits)
-        prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction", settings.limits)
-        if reference_raw.shape != prediction_raw.shape:
-            raise ValueError(f"prediction shape {prediction_raw.shape} differs from reference shape {reference_raw.shape}")
-        if not np.allclose(ref_affine, pred_affine, atol=AFFINE_ATOL_MM):
-            raise ValueError(f"prediction affine differs from the reference affine by more than {AFFINE_ATOL_MM} mm")
-        granularity = settings.granularity
-        reference = ontology.remap_labels(reference_raw, reference_map, granularity=granularity)
-        if reference.unknown_values:
-            raise ValueError(
-                f"reference label values {list(reference.unknown_values)} are not in label map {reference_map.name!r} "
-                f"(mapped values: {sorted(reference_map.values)}); {reference.unknown_voxels} voxels"
-            )
-        prediction = ontology.remap_labels(prediction_raw, prediction_map, granularity=granularity)
-        if prediction.unknown_values:
-            raise ValueError(
-                f"prediction label values {list(prediction.unknown_values)} are not in the model's label map "
-                f"{prediction_map.name!r} (mapped values: {sorted(prediction_map.values)})"
-            )
-        stage = "metrics"
+        reference_raw, prediction_raw, spacing = load_case_labels(label_path, prediction_path, settings)
+        return evaluate_arrays(case_id, reference_raw, prediction_raw, spacing, reference_map=reference_map, prediction_map=prediction_map,
+                               settings=settings, annotated=annotated)
+    except Exception as exc:  # one bad case must never stop the audit
+        stage = getattr(exc, "audit_stage", stage)
+        logger.warning("case %s failed at %s: %s", case_id, stage, exc)
+        return CaseFailure.from_exception(case_id, stage, exc, site=site)
+
+
+def load_case_labels(label_path: str, prediction_path: str, settings: EvaluationSettings) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Reference and prediction label arrays of a case (guarded reader, ``settings.limits``), checked to share one grid."""
+    reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label", settings.limits)
+    prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction", settings.limits)
+    if reference_raw.shape != prediction_raw.shape:
+        raise ValueError(f"prediction shape {prediction_raw.shape} differs from reference shape {reference_raw.shape}")
+    if not np.allclose(ref_affine, pred_affine, atol=AFFINE_ATOL_MM):
+        raise ValueError(f"prediction affine differs from the reference affine by more than {AFFINE_ATOL_MM} mm")
+    return reference_raw, prediction_raw, spacing
+
+
+def evaluate_arrays(
+    case_id: str,
+    reference_raw: np.ndarray,
+    prediction_raw: np.ndarray,
+    spacing: tuple[float, ...],
+    *,
+    reference_map: ontology.LabelMap,
+    prediction_map: ontology.LabelMap,
+    settings: EvaluationSettings,
+    annotated: Collection[str] | None = None,
+    present: tuple[np.ndarray, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """The metric rows of loaded label arrays (the part of :func:`evaluate_case` after loading); raises on bad input.
+
+    ``present`` may give the distinct values of the two arrays (:func:`audit.ontology.present_values`) when the
+    caller has them. An exception raised after the labels are translated carries ``audit_stage = "metrics"``.
+    """
+    granularity = settings.granularity
+    ref_present, pred_present = present if present is not None else (None, None)
+    reference = ontology.remap_labels(reference_raw, reference_map, granularity=granularity, present=ref_present)
+    if reference.unknown_values:
+        raise ValueError(
+            f"reference label values {list(reference.unknown_values)} are not in label map {reference_map.name!r} "
+            f"(mapped values: {sorted(reference_map.values)}); {reference.unknown_voxels} voxels"
+        )
+    prediction = ontology.remap_labels(prediction_raw, prediction_map, granularity=granularity, present=pred_present)
+    if prediction.unknown_values:
+        raise ValueError(
+            f"prediction label values {list(prediction.unknown_values)} are not in the model's label map "
+            f"{prediction_map.name!r} (mapped values: {sorted(prediction_map.values)})"
+        )
+    try:
         skipped = not_annotated(settings.structures, annotated)
         scored = [s for s in settings.structures if s not in skipped]
         frames = [not_assessed_rows(case_id, skipped, settings.metrics)] if skipped else []
@@ -143,6 +175,6 @@ def evaluate_case(
         table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         order = {s: i for i, s in enumerate(settings.structures)}
         return table.sort_values("structure", key=lambda c: c.map(order), kind="stable", ignore_index=True)
-    except Exception as exc:  # one bad case must never stop the audit
-        logger.warning("case %s failed at %s: %s", case_id, stage, exc)
-        return CaseFailure.from_exception(case_id, stage, exc, site=site)
+    except Exception as exc:
+        exc.audit_stage = "metrics"  # type: ignore[attr-defined]
+        raise

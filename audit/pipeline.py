@@ -97,6 +97,11 @@ def prepare_cohort(protocol: Protocol, folder: RunFolder, *, workers: int = 1) -
             return cohort_dir
         logger.warning("synthetic_cohort changed since the cohort in %s was generated: regenerating it", cohort_dir)
         shutil.rmtree(cohort_dir)
+    if settings.modality == "ct":  # the synthetic CT cohort (issue #15); hard_site names a CT source
+        from audit.synthetic.ct_cohort import generate_ct_cohort
+
+        generate_ct_cohort(cohort_dir, n_cases=settings.n_cases, seed=settings.seed, hard_source=settings.hard_site)
+        return cohort_dir
     planted = synthetic.PlantedEffects(hard_site=settings.hard_site, age_effect=settings.age_effect)
     sites = synthetic.null_sites() if settings.null_sites else synthetic.DEFAULT_SITES
     synthetic.generate_cohort(
@@ -323,8 +328,21 @@ def stage_metrics(ctx: StageContext) -> None:
                             annotated=annotates[r.site]))
         for r in evaluable
     )  # fmt: skip
+    evaluate: Any = evaluate_case_cached
+    vertebra_rows: list[pd.DataFrame | CaseFailure] = []
+    if ctx.protocol.vertebrae is not None:  # metric rows and per-vertebra rows from one read of each label pair (issue #15)
+        from audit.vertebra_eval import evaluate_case_and_vertebrae
+
+        evaluate = evaluate_case_and_vertebrae
+        centroids = {c: p for c, p in zip(manifest["case_id"], manifest.get("centroids_path", pd.Series(dtype=object))) if isinstance(p, str) and p}
+        jobs = ((a, {**{k: v for k, v in kw.items() if k != "cache_dir"}, "vertebrae": ctx.protocol.vertebrae,
+                     "centroids_path": centroids.get(a[0])}) for a, kw in jobs)
     scored: dict[str, pd.DataFrame] = {}
-    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate_case_cached, jobs, workers=ctx.workers, executor=ctx.executor))):
+    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate, jobs, workers=ctx.workers, executor=ctx.executor))):
+        if isinstance(result, tuple):
+            result, rows_of_case = result
+            if rows_of_case is not None:
+                vertebra_rows.append(rows_of_case)
         if isinstance(result, CaseFailure):
             failures.append(result)
             errors[r.case_id] = [result.error]
@@ -335,6 +353,13 @@ def stage_metrics(ctx: StageContext) -> None:
         scored[cid] if cid in scored else failed_case_rows(cid, settings.structures, settings.metrics, "; ".join(errors[cid]), not_assessed=skipped(site))
         for cid, site in zip(manifest["case_id"], manifest["site"])
     ]
+    if ctx.protocol.vertebrae is not None:  # vertebrae.csv, vertebrae.json (issue #15)
+        from audit.vertebra_eval import write_vertebra_outputs
+
+        vertebra_failures = [f for f in vertebra_rows if isinstance(f, CaseFailure)]
+        failures.extend(vertebra_failures)
+        write_vertebra_outputs(folder, [t for t in vertebra_rows if isinstance(t, pd.DataFrame)], vertebra_failures, manifest,
+                               ctx.protocol.vertebrae)
     hidden = [name for name, c in configs.items() if c.option("pseudonymize", False)]
     failures, metric_table = scrub_case_paths(failures, pd.concat(frames, ignore_index=True), manifest, hidden)
     folder.write_metrics(metric_table)
@@ -368,6 +393,10 @@ def stage_stats(ctx: StageContext) -> None:
     )  # fmt: skip
     tables = {name: getattr(results, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance", "new_site")}
     folder.write_tables({**tables, "table1": table1})
+    if protocol.vertebrae is not None:  # per-vertebra VerSe summaries (issue #15; report section "Per-vertebra evaluation")
+        from audit.runfolder import VERTEBRAE_SUMMARY
+
+        document["vertebrae"] = json.loads(folder.path(VERTEBRAE_SUMMARY).read_text(encoding="utf-8"))
     folder.write_results(document)
     ctx.progress("stats", 1, 1)
 

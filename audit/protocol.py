@@ -47,6 +47,7 @@ __all__ = [
     "StatisticsSettings",
     "AcceptanceCriterion",
     "ReportSettings",
+    "VertebraSettings",
     "Protocol",
     "load_protocol",
     "protocol_from_dict",
@@ -68,6 +69,16 @@ class SyntheticCohortSettings:
     age_effect: bool = True
     null_sites: bool = False
     repeat_fraction: float = 0.1
+    #: ``ct``: the synthetic CT cohort of :mod:`audit.synthetic.ct_cohort` (hard_site names a CT source or null).
+    modality: Literal["mri", "ct"] = "mri"
+
+
+@dataclasses.dataclass(frozen=True)
+class VertebraSettings:
+    """Per-vertebra evaluation as VerSe defines it (:mod:`audit.metrics.vertebrae`); see docs/ct.md."""
+
+    max_distance_mm: float = 20.0
+    shape_dice_threshold: float = 0.7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +190,7 @@ class Protocol:
     metric_input: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Where per-case work runs (:mod:`audit.execution`); not part of the sha256.
     execution: ExecutionSettings = dataclasses.field(default_factory=ExecutionSettings)
+    vertebrae: VertebraSettings | None = None
     #: Per-file voxel and memory budget checked from each image header before its voxels are read.
     limits: ReadLimits = dataclasses.field(default_factory=ReadLimits)
     #: Folder of the protocol file; relative paths in ``sites`` and ``model`` resolve against it.
@@ -341,6 +353,8 @@ def _check_semantics(protocol: Protocol) -> None:
     stats = protocol.statistics
     if not 0.5 < stats.confidence_level < 1:
         raise ProtocolError(f"statistics.confidence_level: must be in (0.5, 1); found {stats.confidence_level}")
+    if protocol.vertebrae is not None and not (protocol.vertebrae.max_distance_mm > 0 and 0 <= protocol.vertebrae.shape_dice_threshold <= 1):
+        raise ProtocolError(f"vertebrae: need max_distance_mm > 0 and shape_dice_threshold in [0, 1]; found {protocol.vertebrae}")
     if not 0 < stats.alpha < 0.5:
         raise ProtocolError(f"statistics.alpha: must be in (0, 0.5); found {stats.alpha}")
     if stats.bootstrap_iterations < 100:

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "COHORT", "FAILURES", "LOCK", "MANIFEST", "METRICS", "METRIC_CACHE", "MODEL", "PATH_COLUMNS", "PREDICTIONS", "PROTOCOL",
-    "REPORT", "RESULTS", "STAGES", "STAGE_OUTPUTS", "STATE", "TABLES", "RunFolder", "RunFolderError",
+    "REPORT", "RESULTS", "STAGES", "STAGE_OUTPUTS", "STATE", "TABLES", "VERTEBRAE", "VERTEBRAE_SUMMARY", "RunFolder", "RunFolderError",
 ]  # fmt: skip
 
 PROTOCOL = "protocol.yaml"
@@ -51,6 +51,9 @@ STATE = "run.json"
 MANIFEST = "manifest.csv"
 MODEL = "model.json"
 METRICS = "metrics.csv"
+#: Per-vertebra rows and their summaries (metrics stage, when the protocol has a ``vertebrae:`` section).
+VERTEBRAE = "vertebrae.csv"
+VERTEBRAE_SUMMARY = "vertebrae.json"
 FAILURES = "failures.csv"
 RESULTS = "results.json"
 TABLES = "tables"
@@ -74,7 +77,7 @@ STAGE_OUTPUTS: Mapping[str, tuple[str, ...]] = {
     "sites": (MANIFEST,),
     "checks": (),
     "inference": (MODEL,),
-    "metrics": (METRICS,),
+    "metrics": (METRICS, VERTEBRAE, VERTEBRAE_SUMMARY),
     "stats": (RESULTS, TABLES),
     "report": (REPORT,),
 }

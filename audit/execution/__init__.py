@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from audit.execution.base import Executor, Job, OnError, WorkerLostError, call_job
 from audit.execution.local import ProcessExecutor, SerialExecutor

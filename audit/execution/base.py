@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import abc
+import copyreg
+import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __all__ = ["Job", "OnError", "Executor", "WorkerLostError", "call_job"]
+
+
+# Frozen mappings (label maps, settings) travel to worker processes as their plain dict, rebuilt read-only there:
+# without this, a LabelMap cannot be pickled and every case failed with workers > 1.
+def _mapping_proxy(data: dict[Any, Any]) -> types.MappingProxyType:
+    return types.MappingProxyType(data)
+
+
+copyreg.pickle(types.MappingProxyType, lambda m: (_mapping_proxy, (dict(m),)))
+
 
 #: One unit of work: positional and keyword arguments of the mapped function.
 Job = tuple[tuple[Any, ...], dict[str, Any]]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.ontology import LABEL_MAPS, LabelMap, get_label_map, label_map_from_dict, remap_labels
+from audit.ontology import LABEL_MAPS, LabelMap, get_label_map, label_map_from_dict, remap_labels, value_counts
 from audit.records import CaseFailure
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def label_value_counts(label_array: np.ndarray) -> dict[int, int]:
     arr = np.asarray(label_array)
     if arr.dtype.kind == "f":
         arr = np.rint(arr).astype(np.int64)
-    values, counts = np.unique(arr, return_counts=True)
+    values, counts = value_counts(arr)
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 

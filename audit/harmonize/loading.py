@@ -418,7 +418,9 @@ def load_label_array(source: str | Path | bytes, *, role: str = "label", limits:
     data = load_nifti(source, role=role, limits=limits, name=name)
     arr = data.array
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
-        return dataclasses.replace(data, array=np.ascontiguousarray(arr))
+        # NIfTI (Fortran) order kept: a C-order copy of a 512 x 512 x 300 CT mask costs ~1 s, and the label code reads
+        # either order (audit.metrics.case.find_objects_any_order); docs/performance.md, CT section
+        return data
     fractional = arr != np.round(arr)
     if fractional.any():
         example = arr[fractional].flat[0]

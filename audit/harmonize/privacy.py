@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from audit.errors import PrivacyError

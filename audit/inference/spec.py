@@ -40,7 +40,9 @@ MODEL_KINDS: tuple[str, ...] = ("torchscript", "checkpoint", "monai_bundle", "nn
 DEVICES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
 _MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 #: ``builtin:<name>`` -> model card shipped with the package.
-BUILTIN_MODELS: Mapping[str, Path] = MappingProxyType({"demo-unet": _MODELS_DIR / "demo_unet.json"})
+BUILTIN_MODELS: Mapping[str, Path] = MappingProxyType(
+    {"demo-unet": _MODELS_DIR / "demo_unet.json", "ct-demo-unet": _MODELS_DIR / "ct_demo_unet.json"}
+)
 _SPEC_KEYS = {"name", "kind", "path", "network", "labels", "preprocessing", "inference", "sha256", "options"}
 #: Documentation-only keys a model card may carry; ignored by the parser.
 _CARD_KEYS = {"description", "training", "validation", "size_bytes", "license", "intended_use", "limitations", "format_version"}

@@ -34,6 +34,7 @@ from audit.report.formatting import format_value
 from audit.harmonize.loading import ReadLimits
 from audit.report.gallery import case_figure, worst_cases
 from audit.report.redact import redact_paths
+from audit.report.vertebrae import vertebra_section
 from audit.runfolder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "harmonization_warnings": results["harmonization"]["warnings"],
         "completeness": results["harmonization"]["metadata_completeness"],
         "site_quality": _site_quality(results),
+        "vertebrae": vertebra_section(results),
         "annotation": _annotation(results),
         "synthetic_columns": results["data"].get("synthetic_columns", []),
         "fmt": format_value,

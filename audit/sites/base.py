@@ -116,7 +116,7 @@ class Adapter:
 
 
 _REGISTRY: dict[str, Adapter] = {}
-_BUILTIN_MODULES = ("nifti_table", "bids", "nnunet", "dicom", "cspineseg")
+_BUILTIN_MODULES = ("nifti_table", "bids", "nnunet", "dicom", "cspineseg", "ctspine1k", "verse")
 
 
 def register_adapter(adapter: Adapter, *, replace: bool = False) -> Adapter:

@@ -50,6 +50,7 @@ from audit.harmonize.privacy import PSEUDONYM_KEY_ENV, pseudonymize
 from audit.records import UNKNOWN, CaseFailure
 from audit.sites.base import Adapter, PathOutsideRootError, RawCase, SiteDataError, missing_file_failure, register_adapter, site_path
 from audit.sites.config import SiteConfig
+from audit.sites.ct import ct_extra
 from audit.sites.dicom_seg import SEG_OVERLAP, DicomSegError, is_dicom_seg, read_seg_on_grid
 
 logger = logging.getLogger(__name__)
@@ -135,16 +136,18 @@ def _check_series_budget(headers: list[Any], folder: Path) -> None:
 def read_series(paths: list[Path]) -> nib.Nifti1Image:
     """Read a series' pixels into a RAS NIfTI image (see the module docstring for the geometry).
 
-    Rescale slope/intercept are applied (float32 output) when they are not 1/0.
+    Rescale slope/intercept are applied slice by slice (float32 output, Hounsfield units for CT) when any
+    slice's are not 1/0.
     """
+    from audit.harmonize.intensity import to_hounsfield
+
     datasets = [pydicom.dcmread(p) for p in paths]
     affine, order = series_geometry(datasets)
     slices = [datasets[i].pixel_array.T for i in order]  # (rows, cols) -> (i = col, j = row)
+    rescale = [(float(getattr(datasets[i], "RescaleSlope", 1) or 1), float(getattr(datasets[i], "RescaleIntercept", 0) or 0)) for i in order]
+    if any(r != (1.0, 0.0) for r in rescale):
+        slices = [to_hounsfield(s, *r) for s, r in zip(slices, rescale)]
     volume = np.stack(slices, axis=-1)
-    slope = float(getattr(datasets[0], "RescaleSlope", 1) or 1)
-    intercept = float(getattr(datasets[0], "RescaleIntercept", 0) or 0)
-    if slope != 1 or intercept != 0:
-        volume = volume.astype(np.float32) * slope + intercept
     img = nib.Nifti1Image(volume, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -277,7 +280,9 @@ def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
             continue
         assert label is not None
         header = members[0][1]
-        case = RawCase(local_id, image, label, patient_id=_patient_id(header, local_id, config.name), metadata=_metadata(header))
+        case = RawCase(
+            local_id, image, label, patient_id=_patient_id(header, local_id, config.name), metadata=_metadata(header), extra=ct_extra(header)
+        )
         yield case if label.is_file() else case.failed(missing_file_failure(case_id, config.name, "label", label))
 
 

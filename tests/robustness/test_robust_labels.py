@@ -60,7 +60,7 @@ def test_unknown_value_in_a_real_file_is_reported_not_zeroed(shared_data, tmp_pa
     bad = save_like(shared_data / SUBREG, raw, tmp_path / "ref.nii.gz")
     out = evaluate(Path(bad), bad)
     assert isinstance(out, CaseFailure) and out.stage == "harmonize"
-    assert f"reference label values [51] are not in label map 'tptbox_subregion'" in out.error and f"{int((raw == 51).sum())} voxels" in out.error
+    assert "reference label values [51] are not in label map 'tptbox_subregion'" in out.error and f"{int((raw == 51).sum())} voxels" in out.error
 
 
 def test_prediction_values_unknown_to_the_model_map(shared_data, tmp_path):

@@ -50,7 +50,7 @@ CORPUS = {
     "identifier-subgroup": (demo_with("intersections: [[race, sex]]", "intersections: [[race, patient_id]]"), "'patient_id' is an identifier or file-path column"),
     "absurd-bootstrap": (demo_with("bootstrap_iterations: 1000", "bootstrap_iterations: 1000000000"), "statistics.bootstrap_iterations: must be at most 100,000"),
     "absurd-cohort": (demo_with("n_cases: 48", "n_cases: 100000000"), "synthetic_cohort.n_cases: must be between 8 and 10,000"),
-    "missing-model": (demo_with("path: builtin:demo-unet", "path: builtin:other-unet"), "model.path: allowed builtin models ['builtin:demo-unet']"),
+    "missing-model": (demo_with("path: builtin:demo-unet", "path: builtin:other-unet"), "model.path: allowed builtin models ['builtin:demo-unet', 'builtin:ct-demo-unet']"),
     "unset-env-model": (demo_with("kind: checkpoint\n  path: builtin:demo-unet", "kind: nnunet\n  path: ${SPINE_AUDIT_FUZZ_UNSET}"), "model.path: environment variable SPINE_AUDIT_FUZZ_UNSET is not set"),
 }
 
