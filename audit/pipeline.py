@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from audit import provenance
+from audit import provenance, study
 from audit.evaluate import EvaluationSettings, evaluate_case, metric_names
 from audit.execution import map_cases
 from audit.metrics import EmptyPolicy, metric_spec
@@ -267,13 +267,15 @@ def run_audit(
 
     progress("stats", 0, 1)
     manifest_banded = stats.add_age_band(manifest, protocol.subgroups.age_bands)
+    manifest_banded, subgroups = study.with_site_role(manifest_banded, protocol.subgroups, protocol.model)  # external vs training sites
     analysis = metric_table.merge(manifest_banded, on="case_id", how="left", validate="many_to_one")
     higher = {m: metric_spec(m).higher_is_better for m in names}
     results = stats.analyze(
         analysis,
         structures=protocol.structures,
         metrics=names,
-        subgroups=protocol.subgroups,
+        subgroups=subgroups,
+        pre_registered_axes=protocol.subgroups.columns,
         statistics=protocol.statistics,
         acceptance=protocol.acceptance,
         higher_is_better=higher,

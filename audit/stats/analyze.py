@@ -19,6 +19,7 @@ from audit.stats.acceptance import (
     evaluate_acceptance,
 )
 from audit.stats.adjusted import ADJUSTED_COLUMNS, adjusted_effects
+from audit.stats.families import FAMILIES, adjust_by_family, multiplicity_family
 from audit.stats.gaps import (
     EQUIVALENCE_COLUMNS,
     GAP_COLUMNS,
@@ -94,6 +95,7 @@ def analyze(
     bounded: Mapping[str, bool] | None = None,
     signed: Sequence[str] | None = None,
     failure_interval: str = "wilson",
+    pre_registered_axes: Sequence[str] | None = None,
 ) -> StatsResults:
     """Estimate, compare and judge every subgroup of the analysis table.
 
@@ -115,6 +117,9 @@ def analyze(
         ``|value| > threshold`` and worst/best groups are ranked by ``|mean|``. Defaults to the registry.
     failure_interval : {"wilson", "clopper_pearson"}
         Interval of the failure rates (the protocol has no setting for it yet; Wilson is the default).
+    pre_registered_axes : sequence of str, optional
+        Axes the protocol pre-registers (default ``subgroups.columns``): the primary metric's gaps on them form the
+        pre-specified multiplicity family, every other gap the exploratory family (:mod:`audit.stats.families`).
 
     Returns
     -------
@@ -170,8 +175,10 @@ def analyze(
         gap_rows += gaps
         equivalence_rows += equiv
         power_rows += power
-    gaps_table = pd.DataFrame(gap_rows, columns=[c for c in GAP_COLUMNS if c not in ("p_holm", "p_fdr_bh", "p_adjusted", "significant")])
-    gaps_table = adjust_pvalues(gaps_table, statistics.multiplicity, statistics.alpha)
+    gaps_table = pd.DataFrame(gap_rows, columns=[c for c in GAP_COLUMNS if c not in ("p_holm", "p_fdr_bh", "p_adjusted", "significant", "family")])
+    pre_registered = subgroups.columns if pre_registered_axes is None else pre_registered_axes
+    gaps_table["family"] = multiplicity_family(gaps_table, primary_metric=statistics.primary_metric, pre_registered_axes=pre_registered)
+    gaps_table = adjust_by_family(gaps_table, adjust_pvalues, statistics.multiplicity, statistics.alpha)
     power_table = pd.DataFrame(power_rows, columns=list(POWER_COLUMNS))
     estimates = pd.concat(estimate_tables, ignore_index=True) if estimate_tables else pd.DataFrame(columns=list(ESTIMATE_COLUMNS))
     keys = ["axis", "group", "structure", "metric"]
@@ -196,6 +203,7 @@ def analyze(
         "overall_strata": "site",
         "multiplicity": statistics.multiplicity,
         "family_size": int(gaps_table["p_value"].notna().sum()),
+        "family_sizes": {f: int(gaps_table.loc[gaps_table["family"] == f, "p_value"].notna().sum()) for f in FAMILIES},
         "alpha": statistics.alpha,
         "min_group_size": statistics.min_group_size,
         "failure_interval": failure_interval,

@@ -35,7 +35,7 @@ __all__ = ["choose_reference", "axis_gaps", "adjust_pvalues", "holm", "benjamini
 GAP_COLUMNS = (
     "axis", "comparison", "group", "reference", "structure", "metric", "difference", "diff_ci_low", "diff_ci_high",
     "ratio", "ratio_ci_low", "ratio_ci_high", "test", "statistic", "p_value", "p_holm", "p_fdr_bh", "p_adjusted",
-    "significant", "descriptive_only",
+    "significant", "descriptive_only", "family",
 )  # fmt: skip
 EQUIVALENCE_COLUMNS = ("axis", "group", "reference", "structure", "metric", "margin", "difference", "ci_low", "ci_high", "p_tost", "equivalent", "descriptive_only")
 POWER_COLUMNS = ("axis", "group", "reference", "structure", "metric", "n_patients", "sd", "mdd", "descriptive_only")
