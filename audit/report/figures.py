@@ -49,7 +49,8 @@ def metric_range(values: Sequence[float], pad: float = 0.04) -> tuple[float, flo
     >>> metric_range([0.5, 1.0], pad=0.1)
     (0.45, 1.05)
     """
-    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    numbers = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)  # "inf" strings of results.json too
+    finite = numbers[np.isfinite(numbers)]
     if not finite.size:
         return (0.0, 1.0)
     lo, hi = float(finite.min()), float(finite.max())

@@ -25,9 +25,9 @@ def _significant(value: float, digits: int) -> str:
     """``digits`` significant digits in positional notation (never an exponent), at most MAX_EFFECT_DECIMALS decimals."""
     if value == 0:
         return f"{0:.{digits - 1}f}"
-    rounded = float(f"{value:.{digits}g}")  # rounding first: 0.000999 -> 0.001 keeps three significant digits below
-    decimals = min(MAX_EFFECT_DECIMALS, max(0, digits - 1 - math.floor(math.log10(abs(rounded)))))
-    return f"{rounded:.{decimals}f}"
+    rounded = float(f"{value:.{digits}g}")  # rounding first: 9.996 -> 10.0 has one decimal fewer than 9.99
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
+    return f"{value:.{MAX_EFFECT_DECIMALS}f}" if decimals > MAX_EFFECT_DECIMALS else f"{rounded:.{decimals}f}"
 
 
 def decimals_for(kind: str) -> int:
