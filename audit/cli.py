@@ -147,12 +147,23 @@ def sites_check(
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A run folder with results.json.")) -> None:
-    """Re-render report.html from a run folder."""
+def report(
+    run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A run folder with results.json."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also print report.pdf through headless Chromium (must be installed)."),
+) -> None:
+    """Re-render report.html from a run folder (and report.pdf with --pdf)."""
     from audit.report import render_report
+    from audit.report.pdf import ChromiumNotFound, print_pdf
 
     _setup_logging(False)
-    console.print(f"[bold]Report:[/bold] {render_report(run_dir)}")
+    html = render_report(run_dir)
+    console.print(f"[bold]Report:[/bold] {html}")
+    if pdf:
+        try:
+            console.print(f"[bold]PDF:[/bold] {print_pdf(html)}")
+        except (ChromiumNotFound, RuntimeError) as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
 
 
 @app.command()
