@@ -66,15 +66,14 @@ def key_findings(results: Mapping[str, Any], cases: pd.DataFrame, *, primary: st
             parts += [f"{structure_label(r['structure'])} ", Ref("statistics.overall", i, "mean", primary),
                       *_interval("statistics.overall", i, "ci_low", "ci_high", primary, None, level), "; " if k < len(overall) - 1 else "."]  # fmt: skip
         out.append(tuple(parts))
-    gaps = [(i, r) for i, r in enumerate(stats["gaps"])
-            if r["metric"] == primary and r["comparison"] == "vs_reference" and r.get("p_value") is not None and " x " not in r["axis"]]  # fmt: skip
+    gaps = [(i, r) for i, r in enumerate(stats["gaps"]) if r["metric"] == primary and r["comparison"] == "vs_reference" and " x " not in r["axis"]]
     axes = sorted(dict.fromkeys(r["axis"] for _, r in gaps), key=lambda a: a != SITE_ROLE)  # external versus training sites first
     confounded = site_level_axes(cases, axes)
     for axis in axes:
         rows = [(i, r) for i, r in gaps if r["axis"] == axis and isinstance(r.get("difference"), (int, float))]
         if not rows:
             continue
-        i, r = max(rows, key=lambda t: (bool(t[1].get("significant")), abs(t[1]["difference"])))
+        i, r = max(rows, key=lambda t: (bool(t[1].get("significant")), t[1].get("p_value") is not None, abs(t[1]["difference"])))
         out.append(_gap_sentence(i, r, axis, label, higher, level, confounded.get(axis), cases, stats))
     out += _age_sentences(stats, primary, label, level)
     return out
@@ -124,9 +123,13 @@ def _gap_sentence(i: int, r: Mapping[str, Any], axis: str, label: str, higher: b
         f"{structure_label(r['structure']).capitalize()} {label} is ", Ref("statistics.gaps", i, "difference", r["metric"], scale), words,
         f" {who} than {than}",
         *_interval("statistics.gaps", i, "diff_ci_low", "diff_ci_high", r["metric"], scale, level),
-        f"; {test_label(r.get('test'))}, adjusted p ", Ref("statistics.gaps", i, "p_adjusted", "p"),
-        f" ({'significant' if r.get('significant') else 'not significant'} within the {family} family).",
-    ]  # fmt: skip
+    ]
+    if r.get("p_value") is None:
+        minimum = stats.get("settings", {}).get("min_group_size")
+        parts.append(f"; not tested: a group has fewer than {minimum} patients (descriptive only, {family} family).")
+    else:
+        parts += [f"; {test_label(r.get('test'))}, adjusted p ", Ref("statistics.gaps", i, "p_adjusted", "p"),
+                  f" ({'significant' if r.get('significant') else 'not significant'} within the {family} family)."]  # fmt: skip
     if site_groups and axis != SITE_ROLE:
         lonely = [f"{g} occurs only at {site_groups[g][0]}" for g in (group, reference) if len(site_groups.get(g, [])) == 1]
         parts.append(f" {axis_label(axis).capitalize()} is confounded with site (every site has one {axis_label(axis)}"
