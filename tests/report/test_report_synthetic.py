@@ -240,7 +240,7 @@ def test_report_for_1000_cases_stays_under_10_mb_with_bounded_figures(tmp_path):
     size = len(html.encode("utf-8"))
     images = len(re.findall(r"<img ", html))
     assert size < 10 * 1024 * 1024, size
-    assert images <= 6 + 2 + 1 + 3 * 2  # forest per axis + 2 distributions + 1 heatmap + sites x worst_cases_per_group
+    assert images <= 6 + 2 + 1 + 1 + 3 * 2  # forest per axis + 2 distributions + 1 heatmap + flow + sites x worst_cases_per_group
 
 
 def test_intersection_gaps_are_folded_and_single_axis_gaps_shown(run, parsed):
