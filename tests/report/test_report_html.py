@@ -44,6 +44,8 @@ def test_every_number_shown_equals_results_json(parsed):
             by_index = lookup(results, attrs["data-src"], int(attrs["data-row"]), attrs["data-field"])
             assert by_index is by_key or by_index == by_key, attrs
         assert text == span_text_expected(results, attrs), attrs
+    scales = {a.get("data-scale") for a, _ in parser.spans}
+    assert "10" in scales  # the age slope per decade of the key findings is checked like every other number
 
 
 def test_every_group_estimate_and_acceptance_row_is_shown(parsed):

@@ -19,7 +19,8 @@ import audit.report
 from audit.report import render_report, validate_results, write_tables
 
 EVIL = "<script>alert(1)</script>"
-SECTIONS = ("summary", "cohort", "overall", "subgroups", "gaps", "adjusted", "equivalence", "gallery", "quality", "methods", "provenance", "limitations")
+SECTIONS = ("findings", "summary", "study", "flow", "cohort", "overall", "subgroups", "gaps", "adjusted", "equivalence", "gallery", "quality", "methods",
+            "checklist", "provenance", "limitations")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,10 @@ def test_every_number_shown_equals_its_results_json_row(parsed):
     for attrs, text in parser.spans:
         kinds.add(attrs["data-kind"])
         assert text == span_text_expected(results, attrs), attrs
-    assert {"count", "percent", "dice", "hd95", "nsd_2mm", "p", "effect", "failure_rate"} <= kinds
+    assert {"count", "percent", "dice", "hd95", "nsd_2mm", "p", "effect", "failure_rate", "ratio"} <= kinds
+    sources = {a["data-src"] for a, _ in parser.spans}
+    assert {"cohort.flow", "data", "study.overlap", "statistics.settings.family_sizes"} <= sources  # the new numbers are tagged too
+    assert any(a.get("data-scale") == "-1" for a, _ in parser.spans)  # a key finding's decrease written as "lower"
     shown = {t for _, t in parser.spans}
     assert {"∞", "–", "<0.001"} <= shown  # the planted edge values reach the page
 
