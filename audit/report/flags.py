@@ -16,7 +16,8 @@ import pandas as pd
 
 __all__ = ["adjusted_flags", "site_level_axes", "site_description"]
 
-_CONVERGENCE = re.compile(r"adjusted model \(([^)]*)\): (\w+): ConvergenceWarning")
+#: A convergence warning of one model kind for some structures; "MLE on the boundary" (a variance at 0) is not one.
+_CONVERGENCE = re.compile(r"adjusted model \(([^)]*)\): (\w+): ConvergenceWarning: (?!The MLE may be on the boundary)")
 
 
 def site_level_axes(cases: pd.DataFrame, axes: Sequence[str]) -> dict[str, dict[str, list[str]]]:
@@ -60,7 +61,7 @@ def adjusted_flags(rows: Sequence[Mapping[str, Any]], cases: pd.DataFrame, warni
       Rows may also carry their own ``flag``/``identifiable``/``converged`` fields, which are honoured.
     """
     one = cases.drop_duplicates("case_id") if "case_id" in cases else cases
-    unconverged = {(s.strip(), m) for structures, m in _CONVERGENCE.findall(" ".join(warnings)) for s in structures.split(",")}
+    unconverged = {(s.strip(), m) for w in warnings for structures, m in _CONVERGENCE.findall(w) for s in structures.split(",")}
     site_level: dict[str, bool] = {}
     lonely: dict[str, set[str]] = {}
     for row in rows:
