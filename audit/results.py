@@ -58,7 +58,7 @@ def participant_flow(manifest: pd.DataFrame, metric_table: pd.DataFrame, failure
     rows = []
     for site, sub in [*sorted(cases.groupby(cases["site"].astype(str)), key=lambda t: t[0]), ("all", cases)]:
         counts = sub["state"].value_counts()
-        rows.append({"site": site, "found": int(len(sub)), **{k: int(counts.get(k, 0)) for k in ("excluded", "failed", "analysed")}})
+        rows.append({"site": site, "found": len(sub), **{k: int(counts.get(k, 0)) for k in ("excluded", "failed", "analysed")}})
     return rows
 
 
@@ -121,7 +121,7 @@ def results_document(
         },
         "data": {
             "manifest_sha256": provenance.sha256_table(deidentified),
-            "n_cases": int(len(manifest)),
+            "n_cases": len(manifest),
             "n_patients": int(manifest["patient_id"].nunique()),
             "n_sites": int(manifest["site"].nunique()),
             "n_failed_cases": n_failed_cases,

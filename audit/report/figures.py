@@ -15,9 +15,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.patches import Rectangle
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Rectangle
 
 from audit.records import EVALUABLE_STATUSES
 

@@ -10,13 +10,13 @@ of a sentence against results.json like every table cell.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
 from audit.report.flags import site_description, site_level_axes
-from audit.report.labels import axis_label, metric_label, structure_label, test_label
+from audit.report.labels import axis_label, metric_label, structure_label, test_name
 from audit.study import SITE_ROLE
 
 __all__ = ["Ref", "Sentence", "key_findings"]
@@ -33,10 +33,10 @@ class Ref:
     scale: float | None = None
 
 
-Sentence = tuple[Union[str, Ref], ...]
+Sentence = tuple[str | Ref, ...]
 
 
-def _interval(source: str, row: int, low: str, high: str, kind: str, scale: float | None, level: int) -> tuple[Union[str, Ref], ...]:
+def _interval(source: str, row: int, low: str, high: str, kind: str, scale: float | None, level: int) -> tuple[str | Ref, ...]:
     lo, hi = (low, high) if scale is None or scale > 0 else (high, low)  # a negative scale swaps the bounds
     return (f" ({level}% CI ", Ref(source, row, lo, kind, scale), " to ", Ref(source, row, hi, kind, scale), ")")
 
@@ -61,7 +61,7 @@ def key_findings(results: Mapping[str, Any], cases: pd.DataFrame, *, primary: st
         out.append(_overlap_sentence(overlap))
     overall = [(i, r) for i, r in enumerate(stats["overall"]) if r["metric"] == primary]
     if overall:
-        parts: list[Union[str, Ref]] = [f"Mean {label} over all sites: "]
+        parts: list[str | Ref] = [f"Mean {label} over all sites: "]
         for k, (i, r) in enumerate(overall):
             parts += [f"{structure_label(r['structure'])} ", Ref("statistics.overall", i, "mean", primary),
                       *_interval("statistics.overall", i, "ci_low", "ci_high", primary, None, level), "; " if k < len(overall) - 1 else "."]  # fmt: skip
@@ -82,7 +82,7 @@ def key_findings(results: Mapping[str, Any], cases: pd.DataFrame, *, primary: st
 def _population(results: Mapping[str, Any]) -> Sentence:
     flow = (results.get("cohort") or {}).get("flow") or []
     total = next((i for i, r in enumerate(flow) if r["site"] == "all"), None)
-    parts: list[Union[str, Ref]] = ["Population: ", Ref("data", None, "n_cases", "count"), " cases of ", Ref("data", None, "n_patients", "count"),
+    parts: list[str | Ref] = ["Population: ", Ref("data", None, "n_cases", "count"), " cases of ", Ref("data", None, "n_patients", "count"),
                                     " patients at ", Ref("data", None, "n_sites", "count"), " sites"]  # fmt: skip
     if total is not None:
         parts += ["; ", Ref("cohort.flow", total, "analysed", "count"), " analysed, ", Ref("cohort.flow", total, "excluded", "count"), " excluded, ",
@@ -119,7 +119,7 @@ def _gap_sentence(i: int, r: Mapping[str, Any], axis: str, label: str, higher: b
     else:
         who, than = f"for {axis_label(axis)} {group}", f"for {reference}"
     family = r.get("family") or "pre-specified"
-    parts: list[Union[str, Ref]] = [
+    parts: list[str | Ref] = [
         f"{structure_label(r['structure']).capitalize()} {label} is ", Ref("statistics.gaps", i, "difference", r["metric"], scale), words,
         f" {who} than {than}",
         *_interval("statistics.gaps", i, "diff_ci_low", "diff_ci_high", r["metric"], scale, level),
@@ -128,7 +128,7 @@ def _gap_sentence(i: int, r: Mapping[str, Any], axis: str, label: str, higher: b
         minimum = stats.get("settings", {}).get("min_group_size")
         parts.append(f"; not tested: a group has fewer than {minimum} patients (descriptive only, {family} family).")
     else:
-        parts += [f"; {test_label(r.get('test'))}, adjusted p ", Ref("statistics.gaps", i, "p_adjusted", "p"),
+        parts += [f"; {test_name(r.get('test'))}, adjusted p ", Ref("statistics.gaps", i, "p_adjusted", "p"),
                   f" ({'significant' if r.get('significant') else 'not significant'} within the {family} family)."]  # fmt: skip
     if site_groups and axis != SITE_ROLE:
         lonely = [f"{g} occurs only at {site_groups[g][0]}" for g in (group, reference) if len(site_groups.get(g, [])) == 1]

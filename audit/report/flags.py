@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["adjusted_flags", "site_level_axes", "site_description"]
+__all__ = ["adjusted_flags", "site_description", "site_level_axes"]
 
 #: A convergence warning of one model kind for some structures; "MLE on the boundary" (a variance at 0) is not one.
 _CONVERGENCE = re.compile(r"adjusted model \(([^)]*)\): (\w+): ConvergenceWarning: (?!The MLE may be on the boundary)")

@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 from audit.harmonize.labels import resolve_label_map
 from audit.ontology import COARSE_VALUES, LabelMap
+from audit.records import EVALUABLE_STATUSES
 from audit.report import labels
 from audit.report.checklist import NOT_PROVIDED, checklist_rows
 from audit.report.figures import (
@@ -37,7 +38,6 @@ from audit.report.flags import adjusted_flags, site_level_axes
 from audit.report.formatting import format_value
 from audit.report.gallery import case_figure, worst_cases
 from audit.report.redact import redact_paths
-from audit.records import EVALUABLE_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "ml": lambda m: labels.metric_label(m, definitions),
         "sl": labels.structure_label,
         "al": labels.axis_label,
-        "tl": labels.test_label,
+        "tl": labels.test_name,
         "cl": labels.comparison_label,
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],
         **_limitations(results),

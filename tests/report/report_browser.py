@@ -45,7 +45,7 @@ def probe_report(report: Path, width: int, workdir: Path, *, timeout_s: float = 
     cmd = chromium_command(browser, workdir / f"profile-{width}", "--hide-scrollbars", f"--window-size={width},1000", "--virtual-time-budget=15000",
                            "--dump-dom", page.as_uri())  # fmt: skip
     done = subprocess.run(cmd, check=False, capture_output=True, timeout=timeout_s)
-    found = re.search(r'<pre id="__probe">(.*?)</pre>', done.stdout.decode(errors="replace"), re.S)
+    found = re.search(r'<pre id="__probe">(.*?)</pre>', done.stdout.decode(errors="replace"), re.DOTALL)
     assert found, done.stderr.decode(errors="replace")[-2000:]
     text = found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
     return json.loads(text)

@@ -44,7 +44,7 @@ def test_forest_plots_share_the_metric_range_and_show_n_and_thresholds(captured)
     thresholds = [(0.8, "criterion overall-dice", None), (0.75, "criterion disc", "spinal_cord")]
     for axis in ("site", "sex"):
         figures.forest_plot(est, axis=axis, metric="dice", structures=["vertebral_body", "spinal_cord"], margin=0.03, xlim=xlim, thresholds=thresholds)
-    site, sex = captured
+    site, _ = captured
     panels = [ax for fig in captured for ax in fig.axes]
     assert {tuple(np.round(ax.get_xlim(), 9)) for ax in panels} == {tuple(np.round(xlim, 9))}  # one x range in every panel of both figures
     assert [t.get_text() for t in site.axes[0].get_yticklabels()] == ["A (n=10)", "B (n=11)", "C (n=12)"]

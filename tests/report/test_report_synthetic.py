@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from report_builders import LEAKY_DIR, synthetic_run
-from report_html_helpers import ReportParser, expected_text, find_row, span_text_expected
+from report_html_helpers import ReportParser, expected_text, span_text_expected
 
 import audit.report
 from audit.report import render_report, validate_results, write_tables
