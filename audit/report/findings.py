@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from audit.report.flags import site_description, site_level_axes
-from audit.report.labels import axis_label, metric_label, structure_label, test_name
+from audit.report.labels import axis_label, metric_label, structure_label, readable_test
 from audit.study import SITE_ROLE
 
 __all__ = ["Ref", "Sentence", "key_findings"]
@@ -128,7 +128,7 @@ def _gap_sentence(i: int, r: Mapping[str, Any], axis: str, label: str, higher: b
         minimum = stats.get("settings", {}).get("min_group_size")
         parts.append(f"; not tested: a group has fewer than {minimum} patients (descriptive only, {family} family).")
     else:
-        parts += [f"; {test_name(r.get('test'))}, adjusted p ", Ref("statistics.gaps", i, "p_adjusted", "p"),
+        parts += [f"; {readable_test(r.get('test'))}, adjusted p ", Ref("statistics.gaps", i, "p_adjusted", "p"),
                   f" ({'significant' if r.get('significant') else 'not significant'} within the {family} family)."]  # fmt: skip
     if site_groups and axis != SITE_ROLE:
         lonely = [f"{g} occurs only at {site_groups[g][0]}" for g in (group, reference) if len(site_groups.get(g, [])) == 1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["axis_label", "comparison_label", "metric_label", "structure_label", "test_name"]
+__all__ = ["axis_label", "comparison_label", "metric_label", "structure_label", "readable_test"]
 
 _METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "hd": "HD", "hd95": "HD95", "assd": "ASSD", "dice_slicewise_cspineseg": "slice-averaged Dice"}
 _TESTS = {
@@ -50,7 +50,7 @@ def axis_label(name: str) -> str:
     return name.replace("_", " ")
 
 
-def test_name(code: Any) -> str:
+def readable_test(code: Any) -> str:
     """A test's name for readers: ``Welch t-test`` for ``welch``; unknown codes are shown as they are."""
     return _TESTS.get(str(code), str(code).replace("_", " "))
 

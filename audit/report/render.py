@@ -212,7 +212,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "ml": lambda m: labels.metric_label(m, definitions),
         "sl": labels.structure_label,
         "al": labels.axis_label,
-        "tl": labels.test_name,
+        "tl": labels.readable_test,
         "cl": labels.comparison_label,
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],
         **_limitations(results),
