@@ -153,9 +153,10 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     primary_rows = estimates[estimates["metric"] == primary] if len(estimates) else estimates
     failure = protocol["statistics"]["failure_thresholds"].get(primary)
-    xlim = metric_range([*primary_rows.get("ci_low", []), *primary_rows.get("ci_high", []), *(t for t, _, _ in _thresholds(protocol, primary, None))])
+    lines = {a: _thresholds(protocol, primary, a) for a in single_axes}
+    xlim = metric_range([*primary_rows.get("ci_low", []), *primary_rows.get("ci_high", []), *(t for ts in lines.values() for t, _, _ in ts)])
     forests = {
-        a: forest_plot(estimates, axis=a, metric=primary, structures=structures, margin=margin, xlim=xlim, thresholds=_thresholds(protocol, primary, a))
+        a: forest_plot(estimates, axis=a, metric=primary, structures=structures, margin=margin, xlim=xlim, thresholds=lines[a])
         for a in single_axes
     }
     evaluable = cases[(cases["metric"] == primary) & cases["status"].isin(EVALUABLE_STATUSES)]
