@@ -179,3 +179,26 @@ def test_checklist_maps_every_item_to_a_section_or_says_not_provided(demo_run):
     html = (demo_run[0] / "report.html").read_text()
     section = html[html.index('<h2 id="checklist">') : html.index('<h2 id="provenance">')]
     assert section.count("<tr") == len(CHECKLIST) + 1 and all(f'href="#{r["section"]}"' in section for r in rows)
+
+
+def test_an_older_results_json_without_study_flow_or_families_still_renders(tmp_path):
+    """Schema 1.0 files written before `study`, `cohort.flow`, gap `family` and `family_sizes` re-render: the report says
+    what is missing instead of failing, and every number shown still equals its row."""
+    from report_builders import synthetic_run
+    from report_html_helpers import span_text_expected
+
+    from audit.report import render_report, validate_results
+
+    run = synthetic_run(tmp_path / "run", n_cases=24, images=1)
+    results = json.loads((run / "results.json").read_text())
+    del results["study"], results["cohort"]["flow"], results["statistics"]["settings"]["family_sizes"]
+    for row in results["statistics"]["gaps"]:
+        del row["family"]
+    (run / "results.json").write_text(json.dumps(results))
+    assert validate_results(results) == []
+    html = render_report(run).read_text(encoding="utf-8")
+    assert "This results.json has no participant flow" in html and "predates the overlap check" in html
+    assert "not provided in the protocol" in html and "one family of" in html
+    parser = ReportParser()
+    parser.feed(html)
+    assert parser.spans and all(text == span_text_expected(results, attrs) for attrs, text in parser.spans)
