@@ -41,7 +41,7 @@ def _interval(source: str, row: int, low: str, high: str, kind: str, scale: floa
     return (f" ({level}% CI ", Ref(source, row, lo, kind, scale), " to ", Ref(source, row, hi, kind, scale), ")")
 
 
-def _direction(difference: float, higher_is_better: bool, metric: str) -> tuple[str, float | None]:
+def _direction(difference: float, higher_is_better: bool) -> tuple[str, float | None]:
     """Words and scale for a difference (group - reference): ``0.27 lower (worse)`` rather than ``-0.27``."""
     worse = difference < 0 if higher_is_better else difference > 0
     word = "lower" if difference < 0 else "higher"
@@ -108,7 +108,7 @@ def _overlap_sentence(overlap: Mapping[str, Any]) -> Sentence:
 
 def _gap_sentence(i: int, r: Mapping[str, Any], axis: str, label: str, higher: bool, level: int, site_groups: Mapping[str, list[str]] | None,
                   cases: pd.DataFrame, stats: Mapping[str, Any]) -> Sentence:  # fmt: skip
-    words, scale = _direction(float(r["difference"]), higher, r["metric"])
+    words, scale = _direction(float(r["difference"]), higher)
     group, reference = str(r["group"]), str(r["reference"])
     if axis == "site":
         described = site_description(cases, group)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHROMIUM_NAMES", "ChromiumNotFound", "find_chromium", "print_pdf"]
+__all__ = ["CHROMIUM_NAMES", "ChromiumNotFound", "chromium_command", "find_chromium", "print_pdf"]
 
 #: Executable names tried in order (Debian's package is ``chromium``).
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -71,3 +71,18 @@ def test_the_probe_sees_overflow_and_script_errors(tmp_path):
     probe = probe_report(page, 800, tmp_path / "probe")
     assert probe["scrollWidth"] > 800 and probe["wide"]
     assert any("undefinedFunction" in e for e in probe["errors"])
+
+
+def test_pdf_without_chromium_names_the_package_and_exits_2(demo_run, tmp_path, monkeypatch):
+    import shutil
+
+    from audit.cli import app
+    from audit.report import pdf
+
+    monkeypatch.setattr(pdf.shutil, "which", lambda name: None)
+    run = tmp_path / "run"
+    shutil.copytree(demo_run[0], run, ignore=shutil.ignore_patterns("cohort", "predictions"))
+    with pytest.raises(pdf.ChromiumNotFound, match=r"no headless Chromium found \(tried \['chromium'"):
+        pdf.print_pdf(run / "report.html")
+    result = CliRunner().invoke(app, ["report", str(run), "--pdf"])
+    assert result.exit_code == 2 and "install the 'chromium' package" in " ".join(result.output.split()) and not (run / "report.pdf").exists()
