@@ -43,7 +43,7 @@ def _default_run_dir(name: str) -> Path:
     return Path("reports") / f"{slug}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _run(protocol_path: Path | None, protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool) -> None:
+def _run(protocol_path: Path | None, protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool, from_stage: str = "sites") -> None:
     from audit.pipeline import run_audit
 
     command = "spine-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -57,7 +57,9 @@ def _run(protocol_path: Path | None, protocol, run_dir: Path, device: str, worke
                 tasks[stage] = bar.add_task(_STAGE_LABELS.get(stage, stage), total=max(total, 1))
             bar.update(tasks[stage], completed=done, total=max(total, 1))
 
-        summary = run_audit(protocol, run_dir=run_dir, device=device, workers=workers, until=until, progress=progress, command=command)
+        summary = run_audit(
+            protocol, run_dir=run_dir, device=device, workers=workers, until=until, from_stage=from_stage, progress=progress, command=command
+        )
     console.print(f"[bold]Run folder:[/bold] {summary.run_dir}")
     console.print(f"Cases: {summary.n_cases}   failed: {summary.n_failed}   time: {summary.duration_s:.1f} s")
     if summary.acceptance:
@@ -80,12 +82,15 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/<name>-<time>)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     workers: int = typer.Option(1, min=1, help="Parallel workers for loading and metrics."),
-    until: str = typer.Option("report", help="Last stage: sites, inference, metrics, stats, report."),
+    until: str = typer.Option("report", help="Last stage: sites, checks, inference, metrics, stats, report."),
+    from_stage: str = typer.Option("sites", "--from", help="First stage; later stages reuse the run folder's earlier outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the audit a protocol file pre-registers."""
+    from audit.fileio import LockedError
     from audit.protocol import ProtocolError, load_protocol
+    from audit.runfolder import RunFolderError
 
     _setup_logging(verbose)
     try:
@@ -93,7 +98,14 @@ def run(
     except ProtocolError as exc:
         console.print(f"[red]Invalid protocol:[/red] {exc}")
         raise typer.Exit(2) from None
-    _run(protocol, proto, out or _default_run_dir(proto.name), device, workers, until, quiet)
+    if out is None and from_stage != "sites":
+        console.print("[red]--from needs --out:[/red] the run folder whose earlier outputs it reuses")
+        raise typer.Exit(2)
+    try:
+        _run(protocol, proto, out or _default_run_dir(proto.name), device, workers, until, quiet, from_stage)
+    except (RunFolderError, LockedError) as exc:
+        console.print(f"[red]Cannot run:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -129,18 +141,22 @@ def demo_protocol_path() -> Path:
 @sites_app.command("check")
 def sites_check(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Site config YAML."),
+    protocol: Path | None = typer.Option(None, "--protocol", exists=True, dir_okay=False, help="Protocol whose age bands to count (default bands otherwise)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Report what a data manager needs before an audit; exit status 1 when there are errors."""
+    from audit.protocol import load_protocol
+    from audit.records import DEFAULT_AGE_BAND_EDGES
     from audit.sites import check_site, load_site_config
 
     _setup_logging(verbose)
     try:
         cfg = load_site_config(config)
+        edges = load_protocol(protocol).subgroups.age_bands if protocol else DEFAULT_AGE_BAND_EDGES
     except (ValueError, KeyError) as exc:
-        console.print(f"[red]Invalid site config:[/red] {exc}")
+        console.print(f"[red]Invalid site config or protocol:[/red] {exc}")
         raise typer.Exit(2) from None
-    report = check_site(cfg)
+    report = check_site(cfg, age_band_edges=edges)
     console.print(report)
     if not report.ok:
         raise typer.Exit(1)
@@ -200,8 +216,6 @@ def compare(
     references: bool = typer.Option(False, "--references", help="The runs score one model against different reference label sets."),
 ) -> None:
     """Paired comparison of models (or of reference standards) on the same cases."""
-    import pandas as pd
-
     from audit.protocol import load_protocol
     from audit.stats import compare_models, compare_references
 
@@ -209,12 +223,13 @@ def compare(
     if len(runs) < 2:
         console.print("[red]compare needs at least two run folders[/red]")
         raise typer.Exit(2)
-    protocol = load_protocol(runs[0] / "protocol.yaml")
+    from audit.runfolder import PROTOCOL, RunFolder
+
+    protocol = load_protocol(RunFolder(runs[0]).path(PROTOCOL))
     tables = {}
     for run in runs:
-        metrics = pd.read_csv(run / "metrics.csv")
-        manifest = pd.read_csv(run / "manifest.csv", usecols=["case_id", "patient_id"], dtype=str)
-        tables[run.name] = metrics.merge(manifest, on="case_id", how="left")
+        folder = RunFolder(run)
+        tables[run.name] = folder.read_metrics().merge(folder.read_manifest(resolve=False)[["case_id", "patient_id"]], on="case_id", how="left")
     names = sorted(set.intersection(*(set(t["metric"]) for t in tables.values())))
     kwargs = dict(structures=protocol.structures, metrics=names, statistics=protocol.statistics)
     if references:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pandas as pd
 
 from audit import ontology
 from audit.metrics import EmptyPolicy, compute_case_metrics, load_labels_with_affine
-from audit.records import CaseFailure
+from audit.records import CaseFailure, not_assessed_rows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationSettings", "structure_values", "metric_names", "evaluate_case"]
+__all__ = ["EvaluationSettings", "structure_values", "metric_names", "evaluate_case", "not_annotated"]
 
 #: Absolute tolerance (mm) when comparing the reference's and the prediction's affines.
 AFFINE_ATOL_MM = 1e-3
@@ -64,6 +64,19 @@ def metric_names(names: Sequence[str], nsd_tolerances_mm: Sequence[float]) -> tu
     return base + tuple(f"nsd_{t:g}mm" for t in nsd_tolerances_mm)
 
 
+def not_annotated(structures: Sequence[str], annotated: Collection[str] | None) -> tuple[str, ...]:
+    """The protocol structures a reference annotating ``annotated`` cannot score (None: it scores every one).
+
+    Examples
+    --------
+    >>> not_annotated(("vertebral_body", "spinal_cord"), ("spinal_cord",))
+    ('vertebral_body',)
+    """
+    if annotated is None:
+        return ()
+    return tuple(s for s in structures if not ontology.is_annotated(s, annotated))
+
+
 def _load_labels(path: str, what: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     try:
         data, spacing, affine = load_labels_with_affine(path)
@@ -83,11 +96,14 @@ def evaluate_case(
     prediction_map: ontology.LabelMap,
     settings: EvaluationSettings,
     site: str = "Unknown",
+    annotated: Collection[str] | None = None,
 ) -> pd.DataFrame | CaseFailure:
     """Compute the metric-table rows of one case, or return why it failed.
 
     The metrics are computed in the reference segmentation's native grid with its voxel spacing; the
-    prediction must already be on that grid (the inference stage resamples it back).
+    prediction must already be on that grid (the inference stage resamples it back). Structures the site's
+    reference does not annotate (``annotated``, the site config's :attr:`~audit.sites.SiteConfig.annotated_structures`;
+    None = all) get status ``not_assessed`` and no value: the model's output there is never a false positive.
     """
     stage = "harmonize"
     try:
@@ -111,15 +127,24 @@ def evaluate_case(
                 f"{prediction_map.name!r} (mapped values: {sorted(prediction_map.values)})"
             )
         stage = "metrics"
-        return compute_case_metrics(
-            reference.array,
-            prediction.array,
-            spacing=spacing,
-            structures=structure_values(settings.structures, granularity),
-            metrics=settings.metrics,
-            empty_policy=settings.empty_policy,
-            case_id=case_id,
-        )
+        skipped = not_annotated(settings.structures, annotated)
+        scored = [s for s in settings.structures if s not in skipped]
+        frames = [not_assessed_rows(case_id, skipped, settings.metrics)] if skipped else []
+        if scored:
+            frames.append(
+                compute_case_metrics(
+                    reference.array,
+                    prediction.array,
+                    spacing=spacing,
+                    structures=structure_values(scored, granularity),
+                    metrics=settings.metrics,
+                    empty_policy=settings.empty_policy,
+                    case_id=case_id,
+                )
+            )
+        table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        order = {s: i for i, s in enumerate(settings.structures)}
+        return table.sort_values("structure", key=lambda c: c.map(order), kind="stable", ignore_index=True)
     except Exception as exc:  # one bad case must never stop the audit
         logger.warning("case %s failed at %s: %s", case_id, stage, exc)
         return CaseFailure.from_exception(case_id, stage, exc, site=site)

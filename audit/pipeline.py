@@ -1,46 +1,46 @@
-"""The audit pipeline: protocol -> sites -> inference -> metrics -> stats -> report.
+"""The audit pipeline: protocol -> sites -> checks -> inference -> metrics -> stats -> report.
 
-Each stage writes a table or file into the run folder (see docs/architecture in the README), so a run can
-stop after any stage (``until``) and the report can be re-rendered from the folder alone.
+Each stage is a short function that reads its inputs from the :class:`~audit.runfolder.RunFolder` and writes
+its outputs there, so a run can stop after any stage (``until``), restart from any stage whose inputs the
+folder holds (``from_stage``), and the report can be re-rendered from the folder alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from audit import provenance, study
-from audit.evaluate import EvaluationSettings, evaluate_case, metric_names
+from audit import study
+from audit.evaluate import EvaluationSettings, metric_names, not_annotated
 from audit.execution import map_cases
+from audit.metric_cache import evaluate_case_cached
 from audit.metrics import EmptyPolicy, metric_spec
 from audit.protocol import Protocol, protocol_to_dict
+from audit.records import MANIFEST_COLUMNS, CaseFailure, failed_case_rows
 from audit.results import results_document
-from audit.records import (
-    MANIFEST_COLUMNS,
-    CaseFailure,
-    failed_case_rows,
-    failure_table,
-    validate_manifest,
-    validate_metric_table,
-)
+from audit.runfolder import STAGES, RunFolder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "RunSummary", "ProgressCallback", "run_audit", "resolve_sites", "prepare_cohort"]
-
-STAGES = ("sites", "inference", "metrics", "stats", "report")
+__all__ = ["STAGES", "STAGE_FUNCTIONS", "RunSummary", "ProgressCallback", "StageContext", "run_audit", "resolve_sites", "prepare_cohort"]
 
 #: ``progress(stage, done, total)``; the CLI draws bars from it.
 ProgressCallback = Callable[[str, int, int], None]
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,22 +56,41 @@ class RunSummary:
     acceptance: tuple[tuple[str, str], ...] = ()
 
 
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What every stage function gets: the protocol, the run folder and the execution settings."""
+
+    protocol: Protocol
+    folder: RunFolder
+    device: str = "auto"
+    workers: int = 1
+    progress: ProgressCallback = _noop
+    command: str | None = None
+    started: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
 
-def prepare_cohort(protocol: Protocol, run_dir: Path) -> Path | None:
-    """Generate the protocol's synthetic cohort into ``<run>/cohort`` (reused when already complete)."""
+# ---- helpers ---------------------------------------------------------------------------------------
+def _cohort_settings(protocol: Protocol) -> dict[str, Any] | None:
+    settings = protocol.synthetic_cohort
+    return None if settings is None else json.loads(json.dumps(dataclasses.asdict(settings), default=str))
+
+
+def prepare_cohort(protocol: Protocol, folder: RunFolder) -> Path | None:
+    """Generate the protocol's synthetic cohort into the folder (reused when complete and generated with the
+    same settings; regenerated when the protocol's ``synthetic_cohort`` changed)."""
     settings = protocol.synthetic_cohort
     if settings is None:
         return None
     from audit import synthetic
 
-    cohort_dir = run_dir / "cohort"
-    marker = cohort_dir / "cohort.json"
-    if marker.is_file():
-        logger.info("reusing synthetic cohort in %s", cohort_dir)
-        return cohort_dir
+    cohort_dir = folder.cohort_dir
+    if (cohort_dir / "cohort.json").is_file():
+        previous = folder.state().get("cohort")
+        if previous is None or previous == _cohort_settings(protocol):
+            logger.info("reusing synthetic cohort in %s", cohort_dir)
+            return cohort_dir
+        logger.warning("synthetic_cohort changed since the cohort in %s was generated: regenerating it", cohort_dir)
+        shutil.rmtree(cohort_dir)
     planted = synthetic.PlantedEffects(hard_site=settings.hard_site, age_effect=settings.age_effect)
     sites = synthetic.null_sites() if settings.null_sites else synthetic.DEFAULT_SITES
     synthetic.generate_cohort(
@@ -99,6 +118,15 @@ def resolve_sites(protocol: Protocol, cohort_dir: Path | None) -> list[Any]:
     return configs
 
 
+def _site_configs(ctx: StageContext) -> dict[str, Any]:
+    cohort_dir = ctx.folder.cohort_dir if ctx.protocol.synthetic_cohort is not None else None
+    return {c.name: c for c in resolve_sites(ctx.protocol, cohort_dir)}
+
+
+def _site_label_maps(ctx: StageContext) -> dict[str, Any]:
+    return {name: c.label_map for name, c in _site_configs(ctx).items()}
+
+
 def _failed_manifest_rows(failures: Sequence[CaseFailure], manifest: pd.DataFrame) -> pd.DataFrame:
     """Manifest rows (metadata Unknown) for cases that failed before they had one, so they stay counted."""
     known = set(manifest["case_id"])
@@ -116,160 +144,151 @@ def _failed_manifest_rows(failures: Sequence[CaseFailure], manifest: pd.DataFram
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
-def run_audit(
-    protocol: Protocol,
-    *,
-    run_dir: Path,
-    device: str = "auto",
-    workers: int = 1,
-    until: str = "report",
-    progress: ProgressCallback | None = None,
-    command: str | None = None,
-) -> RunSummary:
-    """Run the whole audit (or the stages up to ``until``) and write everything into ``run_dir``.
+def _evaluation_settings(protocol: Protocol) -> EvaluationSettings:
+    names = metric_names(protocol.metrics.names, protocol.metrics.nsd_tolerances_mm)
+    return EvaluationSettings(
+        structures=protocol.structures, metrics=names, empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance)
+    )
 
-    Parameters
-    ----------
-    protocol : Protocol
-        The validated protocol.
-    run_dir : pathlib.Path
-        Output folder (created). Re-running into the same folder reuses the cohort and cached predictions.
-    device : str
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-    workers : int
-        Parallel workers for data loading and per-case metrics.
-    until : {"sites", "inference", "metrics", "stats", "report"}
-        Last stage to run.
-    progress : callable, optional
-        ``progress(stage, done, total)``.
-    command : str, optional
-        The command line recorded in the provenance (defaults to ``sys.argv``).
-    """
-    if until not in STAGES:
-        raise ValueError(f"until: allowed values are {list(STAGES)}; found {until!r}")
-    progress = progress or _noop
-    started = dt.datetime.now(dt.timezone.utc)
-    t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "protocol.yaml").write_text(yaml.safe_dump(protocol_to_dict(protocol), sort_keys=False), encoding="utf-8")
 
-    # ---- sites -------------------------------------------------------------------------------
+def _failed_ids(failures: Sequence[CaseFailure]) -> set[str]:
+    return {f.case_id for f in failures}
+
+
+# ---- stages ----------------------------------------------------------------------------------------
+def stage_sites(ctx: StageContext) -> dict[str, Any]:
+    """Read every site into ``manifest.csv``; a case that fails in its adapter keeps a row and a failure."""
     from audit.sites import build_manifest
 
-    progress("sites", 0, 1)
-    cohort_dir = prepare_cohort(protocol, run_dir)
-    configs = resolve_sites(protocol, cohort_dir)
+    ctx.progress("sites", 0, 1)
+    configs = resolve_sites(ctx.protocol, prepare_cohort(ctx.protocol, ctx.folder))
     manifest, failures = build_manifest(configs)
-    failures = list(failures)
-    manifest = validate_manifest(manifest)
-    manifest.to_csv(run_dir / "manifest.csv", index=False)
-    progress("sites", 1, 1)
+    orphan = [f for f in failures if f.case_id not in set(manifest["case_id"])]
+    if orphan:
+        extra = _failed_manifest_rows(orphan, manifest)
+        renamed = {id(f): cid for f, cid in zip(orphan, extra["case_id"])}
+        failures = [dataclasses.replace(f, case_id=renamed.get(id(f), f.case_id)) for f in failures]
+        manifest = pd.concat([manifest, extra], ignore_index=True)
+    ctx.folder.write_manifest(manifest)
+    ctx.folder.write_failures("sites", failures)
+    ctx.progress("sites", 1, 1)
     logger.info("manifest: %d cases from %d sites, %d adapter failures", len(manifest), len(configs), len(failures))
-    if until == "sites":
-        return _summary(run_dir, None, None, manifest, failures, t0)
+    return {"cohort": _cohort_settings(ctx.protocol)}
 
-    # ---- harmonize checks: corrupt files, image/label geometry, unknown label values ----------
+
+def stage_checks(ctx: StageContext) -> None:
+    """Voxel-level checks (corrupt files, image/label geometry, unknown label values) of each readable case."""
     from audit.harmonize.checks import check_case
 
-    checked_out: set[str] = set()
-    site_maps = {c.name: c.label_map for c in configs}
-    for i, r in enumerate(manifest.itertuples(index=False)):
-        check = check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site)
-        if check.failures:
-            failures.extend(check.failures)
-            checked_out.add(r.case_id)
-        progress("checks", i + 1, len(manifest))
+    manifest, failed = ctx.folder.read_manifest(), _failed_ids(ctx.folder.read_failures(before="checks"))
+    site_maps = _site_label_maps(ctx)
+    failures: list[CaseFailure] = []
+    rows = [r for r in manifest.itertuples(index=False) if r.case_id not in failed]
+    for i, r in enumerate(rows):
+        failures.extend(check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site).failures)
+        ctx.progress("checks", i + 1, len(rows))
+    ctx.folder.write_failures("checks", failures)
 
-    # ---- inference ---------------------------------------------------------------------------
+
+def model_identity(model: Any) -> dict[str, Any]:
+    """What results.json and later stages need to know about a loaded model (``model.json``)."""
+    label_map = model.label_map
+    return {
+        "name": model.spec.name,
+        "kind": model.spec.kind,
+        "sha256": model.sha256,
+        "labels": {str(k): v for k, v in label_map.values.items()},
+        "ignore": sorted(int(v) for v in label_map.ignore),
+        "label_map_name": label_map.name,
+        "device": str(model.device),
+    }
+
+
+def stage_inference(ctx: StageContext) -> None:
+    """Segment every case without an earlier failure; prediction paths go into the manifest."""
     from audit.inference import InferenceCase, InferenceResult, load_model, model_spec_from_dict, run_inference
 
-    spec = model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir))
-    model = load_model(spec, device=device)
+    manifest, failed = ctx.folder.read_manifest(), _failed_ids(ctx.folder.read_failures(before="inference"))
+    model = load_model(model_spec_from_dict(ctx.protocol.model, base_dir=Path(ctx.protocol.base_dir)), device=ctx.device)
     cases = [
-        InferenceCase(
-            case_id=r.case_id,
-            image_path=r.image_path,
-            label_path=r.label_path,
-            site=r.site,
-            prediction_path=r.prediction_path if isinstance(r.prediction_path, str) and r.prediction_path else None,
-        )
+        InferenceCase(case_id=r.case_id, image_path=r.image_path, label_path=r.label_path, site=r.site)
         for r in manifest.itertuples(index=False)
-        if r.case_id not in checked_out
+        if r.case_id not in failed
     ]
     predictions: dict[str, str] = {}
-    for result in run_inference(
-        model, cases, cache_dir=run_dir / "predictions", workers=workers, progress=lambda d, t: progress("inference", d, t)
-    ):
+    failures: list[CaseFailure] = []
+    progress = ctx.progress
+    for result in run_inference(model, cases, cache_dir=ctx.folder.predictions_dir, workers=ctx.workers, progress=lambda d, t: progress("inference", d, t)):
         if isinstance(result, InferenceResult):
             predictions[result.case_id] = str(result.prediction_path)
         else:
             failures.append(result)
     manifest["prediction_path"] = manifest["case_id"].map(predictions)
-    manifest.to_csv(run_dir / "manifest.csv", index=False)
-    if until == "inference":
-        return _summary(run_dir, None, None, manifest, failures, t0)
+    ctx.folder.write_manifest(manifest)
+    ctx.folder.write_model(model_identity(model))
+    ctx.folder.write_failures("inference", failures)
 
-    # ---- metrics -----------------------------------------------------------------------------
-    names = metric_names(protocol.metrics.names, protocol.metrics.nsd_tolerances_mm)
-    settings = EvaluationSettings(
-        structures=protocol.structures, metrics=names, empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance)
-    )
-    frames: list[pd.DataFrame] = []
-    failed_ids = {f.case_id for f in failures}
-    rows = list(manifest.itertuples(index=False))
-    evaluable = [r for r in rows if r.case_id not in failed_ids and r.case_id in predictions]
+
+def stage_metrics(ctx: StageContext) -> None:
+    """Score every case with a prediction (cached by input hashes); failed cases get ``failed`` rows."""
+    from audit.harmonize.labels import resolve_label_map
+
+    folder = ctx.folder
+    manifest, earlier = folder.read_manifest(), folder.read_failures(before="metrics")
+    identity = folder.read_model()
+    prediction_map = resolve_label_map({"values": identity["labels"], "ignore": identity.get("ignore", [])}, name=identity.get("label_map_name", "model"))
+    settings = _evaluation_settings(ctx.protocol)
+    configs = _site_configs(ctx)
+    site_maps = {name: c.label_map for name, c in configs.items()}
+    annotates = {name: c.annotated_structures for name, c in configs.items()}
+
+    def skipped(site: str) -> tuple[str, ...]:  # structures the site does not annotate: not_assessed, never failed
+        return not_annotated(settings.structures, annotates.get(site))
+
+    errors: dict[str, list[str]] = {}
+    for f in earlier:
+        errors.setdefault(f.case_id, []).append(f.error)
+    failures: list[CaseFailure] = []
+    evaluable = []
+    for r in manifest.itertuples(index=False):
+        if r.case_id not in errors and not isinstance(r.prediction_path, str):
+            failures.append(CaseFailure(case_id=r.case_id, stage="inference", error="no prediction", error_type="MissingPrediction", site=r.site))
+            errors[r.case_id] = ["no prediction"]
+        elif r.case_id not in errors:
+            evaluable.append(r)
     jobs = (
-        (
-            (r.case_id,),
-            dict(
-                label_path=r.label_path,
-                prediction_path=predictions[r.case_id],
-                reference_map=site_maps[r.site],
-                prediction_map=model.label_map,
-                settings=settings,
-                site=r.site,
-            ),
-        )
+        ((r.case_id,), dict(cache_dir=folder.metric_cache_dir, label_path=r.label_path, prediction_path=r.prediction_path,
+                            reference_map=site_maps[r.site], prediction_map=prediction_map, settings=settings, site=r.site,
+                            annotated=annotates[r.site]))
         for r in evaluable
-    )
-    evaluated: dict[str, pd.DataFrame | CaseFailure] = {}
-    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate_case, jobs, workers=workers))):
-        evaluated[r.case_id] = result
-        progress("metrics", i + 1, len(evaluable))
-    for row in rows:
-        out = evaluated.get(row.case_id)
-        if out is None:
-            error = "; ".join(f.error for f in failures if f.case_id == row.case_id) or "no prediction"
-            if row.case_id not in failed_ids:
-                failures.append(CaseFailure(case_id=row.case_id, stage="inference", error=error, error_type="MissingPrediction", site=row.site))
-            out = failed_case_rows(row.case_id, settings.structures, names, error)
-        elif isinstance(out, CaseFailure):
-            failures.append(out)
-            out = failed_case_rows(row.case_id, settings.structures, names, out.error)
-        frames.append(out)
-    # cases that failed before they had a manifest row stay visible as failed rows with Unknown metadata
-    orphan = [f for f in failures if f.case_id not in set(manifest["case_id"])]
-    if orphan:
-        extra = _failed_manifest_rows(orphan, manifest)
-        manifest = pd.concat([manifest, extra], ignore_index=True)
-        for f, cid in zip(orphan, extra["case_id"]):
-            frames.append(failed_case_rows(cid, settings.structures, names, f.error))
-    metric_table = validate_metric_table(pd.concat(frames, ignore_index=True))
-    metric_table.to_csv(run_dir / "metrics.csv", index=False)
-    manifest.to_csv(run_dir / "manifest.csv", index=False)
-    failure_table(failures).to_csv(run_dir / "failures.csv", index=False)
-    if until == "metrics":
-        return _summary(run_dir, None, None, manifest, failures, t0)
+    )  # fmt: skip
+    scored: dict[str, pd.DataFrame] = {}
+    for i, (r, result) in enumerate(zip(evaluable, map_cases(evaluate_case_cached, jobs, workers=ctx.workers))):
+        if isinstance(result, CaseFailure):
+            failures.append(result)
+            errors[r.case_id] = [result.error]
+        else:
+            scored[r.case_id] = result
+        ctx.progress("metrics", i + 1, len(evaluable))
+    frames = [
+        scored[cid] if cid in scored else failed_case_rows(cid, settings.structures, settings.metrics, "; ".join(errors[cid]), not_assessed=skipped(site))
+        for cid, site in zip(manifest["case_id"], manifest["site"])
+    ]
+    folder.write_metrics(pd.concat(frames, ignore_index=True))
+    folder.write_failures("metrics", failures)
 
-    # ---- statistics --------------------------------------------------------------------------
-    from audit import stats
 
-    progress("stats", 0, 1)
+def stage_stats(ctx: StageContext) -> None:
+    """Statistics of the metric table joined with the manifest; writes results.json and tables/."""
+    from audit import provenance, stats
+
+    protocol, folder = ctx.protocol, ctx.folder
+    ctx.progress("stats", 0, 1)
+    manifest, metric_table, failures = folder.read_manifest(), folder.read_metrics(), folder.read_failures()
+    names = _evaluation_settings(protocol).metrics
     manifest_banded = stats.add_age_band(manifest, protocol.subgroups.age_bands)
     manifest_banded, subgroups = study.with_site_role(manifest_banded, protocol.subgroups, protocol.model)  # external vs training sites
     analysis = metric_table.merge(manifest_banded, on="case_id", how="left", validate="many_to_one")
-    higher = {m: metric_spec(m).higher_is_better for m in names}
     results = stats.analyze(
         analysis,
         structures=protocol.structures,
@@ -278,78 +297,111 @@ def run_audit(
         pre_registered_axes=protocol.subgroups.columns,
         statistics=protocol.statistics,
         acceptance=protocol.acceptance,
-        higher_is_better=higher,
+        higher_is_better={m: metric_spec(m).higher_is_better for m in names},
         failure_interval=protocol.statistics.failure_interval,
     )
-    progress("stats", 1, 1)
     table1 = provenance.cohort_table(manifest_banded, ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band"))
-    finished = dt.datetime.now(dt.timezone.utc)
     document = results_document(
-        protocol=protocol,
-        model=model,
-        manifest=manifest,
-        metric_table=metric_table,
-        names=names,
-        results=results,
-        table1=table1,
-        failures=failures,
-        started=started,
-        finished=finished,
-        command=command,
-    )
-    from audit.report import write_tables
+        protocol=protocol, model=folder.read_model(), manifest=manifest, metric_table=metric_table, names=names, results=results,
+        table1=table1, failures=failures, started=ctx.started, finished=dt.datetime.now(dt.timezone.utc), command=ctx.command,
+    )  # fmt: skip
+    tables = {name: getattr(results, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance")}
+    folder.write_tables({**tables, "table1": table1})
+    folder.write_results(document)
+    ctx.progress("stats", 1, 1)
 
-    write_tables(
-        run_dir,
-        {
-            "overall": results.overall,
-            "group_estimates": results.group_estimates,
-            "gaps": results.gaps,
-            "equivalence": results.equivalence,
-            "power": results.power,
-            "adjusted": results.adjusted,
-            "acceptance": results.acceptance,
-            "table1": table1,
-        },
-    )
-    results_path = run_dir / "results.json"
-    results_path.write_text(provenance.dumps(document), encoding="utf-8")
-    if until == "stats":
-        return _summary(run_dir, None, results_path, manifest, failures, t0, results.acceptance)
 
-    # ---- report ------------------------------------------------------------------------------
+def stage_report(ctx: StageContext) -> None:
+    """Render report.html from the folder."""
     from audit.report import render_report
 
-    progress("report", 0, 1)
-    report_path = render_report(run_dir)
-    progress("report", 1, 1)
-    return _summary(run_dir, report_path, results_path, manifest, failures, t0, results.acceptance)
+    ctx.progress("report", 0, 1)
+    render_report(ctx.folder.root)
+    ctx.progress("report", 1, 1)
 
 
-def _summary(
-    run_dir: Path,
-    report: Path | None,
-    results_path: Path | None,
-    manifest: pd.DataFrame,
-    failures: Sequence[CaseFailure],
-    t0: float,
-    acceptance: pd.DataFrame | None = None,
+#: The stage functions, in :data:`~audit.runfolder.STAGES` order.
+STAGE_FUNCTIONS: Mapping[str, Callable[[StageContext], Any]] = {
+    "sites": stage_sites,
+    "checks": stage_checks,
+    "inference": stage_inference,
+    "metrics": stage_metrics,
+    "stats": stage_stats,
+    "report": stage_report,
+}
+
+
+def run_audit(
+    protocol: Protocol,
+    *,
+    run_dir: str | Path,
+    device: str = "auto",
+    workers: int = 1,
+    until: str = "report",
+    from_stage: str = "sites",
+    progress: ProgressCallback | None = None,
+    command: str | None = None,
 ) -> RunSummary:
-    decided: tuple[tuple[str, str], ...] = ()
-    if acceptance is not None and len(acceptance):
+    """Run the audit's stages ``from_stage`` .. ``until`` in ``run_dir`` (locked while running).
+
+    Parameters
+    ----------
+    protocol : Protocol
+        The validated protocol.
+    run_dir : path
+        The run folder (created on first write; relative paths are fine). Rerunning into the same folder
+        reuses the cohort, cached predictions and cached per-case metrics; outputs of the rerun stages and of
+        every later stage are removed first, so nothing stale remains.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    workers : int
+        Parallel workers for data loading and per-case metrics.
+    until, from_stage : {"sites", "checks", "inference", "metrics", "stats", "report"}
+        Last and first stage to run; a later ``from_stage`` needs the folder's earlier outputs (same protocol).
+    progress : callable, optional
+        ``progress(stage, done, total)``.
+    command : str, optional
+        The command line recorded in the provenance (defaults to ``sys.argv``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown stage name.
+    audit.runfolder.RunFolderError
+        If ``from_stage`` needs outputs the folder lacks or the folder was written by another protocol.
+    audit.fileio.LockedError
+        If another run holds the folder.
+    """
+    for option, value in (("until", until), ("from", from_stage)):
+        if value not in STAGES:
+            raise ValueError(f"{option}: allowed values are {list(STAGES)}; found {value!r}")
+    t0 = time.perf_counter()
+    folder = RunFolder(run_dir)
+    ctx = StageContext(protocol=protocol, folder=folder, device=device, workers=workers, progress=progress or _noop, command=command)
+    with folder.lock():
+        folder.begin(protocol_sha256=protocol.sha256, start=from_stage, until=until)
+        folder.write_protocol(yaml.safe_dump(protocol_to_dict(protocol), sort_keys=False))
+        for stage in STAGES[STAGES.index(from_stage) : STAGES.index(until) + 1]:
+            extra = STAGE_FUNCTIONS[stage](ctx)
+            folder.complete(stage, **(extra or {}))
+        return _summary(folder, t0)
+
+
+def _summary(folder: RunFolder, t0: float) -> RunSummary:
+    decided: dict[str, str] = {}
+    results_path = folder.results_path if folder.results_path.is_file() else None
+    if results_path is not None:
         worst = {"fail": 2, "inconclusive": 1, "pass": 0}
-        by_id: dict[str, str] = {}
-        for rec in acceptance.itertuples(index=False):
-            if rec.id not in by_id or worst[rec.status] > worst[by_id[rec.id]]:
-                by_id[rec.id] = rec.status
-        decided = tuple(by_id.items())
+        for rec in folder.read_results()["statistics"]["acceptance"]:
+            if rec["id"] not in decided or worst[rec["status"]] > worst[decided[rec["id"]]]:
+                decided[rec["id"]] = rec["status"]
+    manifest = folder.read_manifest(resolve=False)
     return RunSummary(
-        run_dir=run_dir,
-        report_path=report,
+        run_dir=folder.root,
+        report_path=folder.report_path if folder.report_path.is_file() else None,
         results_path=results_path,
         n_cases=int(len(manifest)),
-        n_failed=len({f.case_id for f in failures}),
+        n_failed=len(_failed_ids(folder.read_failures())),
         duration_s=time.perf_counter() - t0,
-        acceptance=decided,
+        acceptance=tuple(decided.items()),
     )
-

@@ -26,6 +26,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from audit import ontology
+from audit.records import DEFAULT_AGE_BAND_EDGES
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class SubgroupSettings:
     """Subgroup axes: metadata columns, age bands (edges in years) and intersections."""
 
     columns: tuple[str, ...] = ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band")
-    age_bands: tuple[float, ...] = (18.0, 40.0, 60.0, 75.0, 120.0)
+    age_bands: tuple[float, ...] = DEFAULT_AGE_BAND_EDGES
     intersections: tuple[tuple[str, ...], ...] = ()
     reference_groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
 

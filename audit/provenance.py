@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audit.records import UNKNOWN
+from audit.records import NOT_ASSESSED, UNKNOWN
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ __all__ = [
     "cohort_table",
     "metadata_completeness",
     "detection_counts",
+    "annotation_matrix",
     "json_ready",
 ]
 
@@ -112,6 +113,36 @@ def detection_counts(metric_table: pd.DataFrame) -> pd.DataFrame:
     counts = sub.groupby(["structure", "status"]).size().rename("n").reset_index()
     counts["n"] = counts["n"].astype(int)
     return counts
+
+
+def annotation_matrix(metric_table: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Site x structure: whether the site's reference annotates the structure, with case counts.
+
+    Columns ``site, structure, annotated, n_cases, n_assessed, n_not_assessed`` (one metric's rows, so each case
+    counts once); ``annotated`` is False when the site's cases are ``not_assessed`` for the structure.
+
+    Examples
+    --------
+    >>> m = pd.DataFrame({"case_id": ["a/1", "a/1"], "structure": ["vertebral_body", "spinal_cord"], "metric": "dice",
+    ...                   "status": ["ok", "not_assessed"]})
+    >>> annotation_matrix(m, pd.DataFrame({"case_id": ["a/1"], "site": ["a"]}))["annotated"].tolist()
+    [True, False]
+    """
+    columns = ["site", "structure", "annotated", "n_cases", "n_assessed", "n_not_assessed"]
+    if metric_table.empty:
+        return pd.DataFrame(columns=columns)
+    sub = metric_table[metric_table["metric"] == metric_table["metric"].iloc[0]]
+    sub = sub.merge(manifest[["case_id", "site"]], on="case_id", how="left")
+    sub = sub.assign(site=sub["site"].astype(object).where(sub["site"].notna(), UNKNOWN), skipped=sub["status"] == NOT_ASSESSED)
+    order = list(dict.fromkeys(metric_table["structure"]))
+    rows = []
+    for (site, structure), group in sub.groupby(["site", "structure"], sort=False):
+        n_skipped = int(group["skipped"].sum())
+        rows.append({"site": site, "structure": structure, "annotated": n_skipped == 0, "n_cases": int(len(group)),
+                     "n_assessed": int(len(group) - n_skipped), "n_not_assessed": n_skipped})  # fmt: skip
+    out = pd.DataFrame(rows, columns=columns)
+    out["_order"] = out["structure"].map({s: i for i, s in enumerate(order)})
+    return out.sort_values(["site", "_order"], ignore_index=True).drop(columns="_order")
 
 
 def json_ready(value: Any) -> Any:

@@ -33,6 +33,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "STATUSES",
     "EVALUABLE_STATUSES",
+    "NOT_ASSESSED",
     "FAILURE_COLUMNS",
     "CaseFailure",
     "ManifestRow",
@@ -40,8 +41,12 @@ __all__ = [
     "empty_metric_table",
     "failure_table",
     "validate_manifest",
+    "DEFAULT_AGE_BAND_EDGES",
+    "age_band_labels",
+    "age_bands",
     "validate_metric_table",
     "failed_case_rows",
+    "not_assessed_rows",
 ]
 
 UNKNOWN = "Unknown"
@@ -95,10 +100,57 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     *METADATA_COLUMNS,
 )
 
+#: Status of a structure that the case's site does not annotate in its reference standard (site config
+#: ``annotates``): no metric is computed, it is never a false positive and never enters that structure's statistics.
+NOT_ASSESSED = "not_assessed"
 #: Per-structure status values of the metric table.
-STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty", "failed")
-#: Statuses whose (finite) values enter estimates; ``both_empty`` and ``failed`` are counted instead.
+STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty", "failed", NOT_ASSESSED)
+#: Statuses whose (finite) values enter estimates; ``both_empty`` and ``failed`` are counted instead, and
+#: ``not_assessed`` rows belong to no structure's statistics.
 EVALUABLE_STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive")
+
+#: Default age-band edges in years (the protocol's ``subgroups.age_bands``): 18-39, 40-59, 60-74, 75+.
+DEFAULT_AGE_BAND_EDGES: tuple[float, ...] = (18.0, 40.0, 60.0, 75.0, 120.0)
+
+
+def age_band_labels(edges: Iterable[float]) -> list[str]:
+    """Band labels from edges: [18, 40, 60, 75, 120] -> 18-39, 40-59, 60-74, 75+ (the last band open in its label).
+
+    Examples
+    --------
+    >>> age_band_labels([18, 40, 60, 120])
+    ['18-39', '40-59', '60+']
+    """
+    edges = [float(e) for e in edges]
+    return [f"{lo:g}+" if i == len(edges) - 2 else f"{lo:g}-{hi - 1:g}" for i, (lo, hi) in enumerate(zip(edges, edges[1:]))]
+
+
+def age_bands(ages: Iterable[Any], edges: Iterable[float]) -> np.ndarray:
+    """The age band of each age: the one rule used by ``sites check``, Table 1, the statistics and the report.
+
+    Bands are left-closed ``[lo, hi)``. A missing or non-numeric age, or one outside ``[edges[0], edges[-1])``,
+    is ``Unknown`` (so it is counted in its own group, never dropped). A redacted age (90 for ``>89``) falls in
+    the band holding 90.
+
+    Raises
+    ------
+    ValueError
+        If there are fewer than two edges or they are not strictly increasing.
+
+    Examples
+    --------
+    >>> age_bands([17.9, 18, 39.99, 75, 90, None, 120], [18, 40, 60, 75, 120]).tolist()
+    ['Unknown', '18-39', '18-39', '75+', '75+', 'Unknown', 'Unknown']
+    """
+    edges = [float(e) for e in edges]
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"edges: need at least two strictly increasing age edges; received {list(edges)}")
+    values = pd.to_numeric(pd.Series(list(ages), dtype=object), errors="coerce").to_numpy(dtype=float)
+    labels = np.asarray(age_band_labels(edges), dtype=object)
+    idx = np.searchsorted(np.asarray(edges), values, side="right") - 1
+    in_range = np.isfinite(values) & (idx >= 0) & (idx < len(labels))
+    return np.where(in_range, labels[np.clip(idx, 0, len(labels) - 1)], UNKNOWN).astype(object)
+
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "case_id",
@@ -192,19 +244,14 @@ def failure_table(failures: Iterable[CaseFailure]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(FAILURE_COLUMNS))
 
 
-def failed_case_rows(case_id: str, structures: Iterable[str], metrics: Iterable[str], error: str) -> pd.DataFrame:
-    """Metric-table rows for a case that failed as a whole: status ``failed``, value NaN, the error kept.
-
-    These rows keep a failed case visible in every count; statistics report them as failures
-    instead of dropping them.
-    """
-    rows = [
+def _whole_case_rows(case_id: str, structures: Iterable[str], metrics: Iterable[str], status: str, error: str | None) -> list[dict[str, Any]]:
+    return [
         {
             "case_id": case_id,
             "structure": s,
             "metric": m,
             "value": np.nan,
-            "status": "failed",
+            "status": status,
             "reference_volume_ml": np.nan,
             "predicted_volume_ml": np.nan,
             "error": error,
@@ -212,6 +259,34 @@ def failed_case_rows(case_id: str, structures: Iterable[str], metrics: Iterable[
         for s in structures
         for m in metrics
     ]
+
+
+def failed_case_rows(
+    case_id: str, structures: Iterable[str], metrics: Iterable[str], error: str, *, not_assessed: Iterable[str] = ()
+) -> pd.DataFrame:
+    """Metric-table rows for a case that failed as a whole: status ``failed``, value NaN, the error kept.
+
+    These rows keep a failed case visible in every count; statistics report them as failures
+    instead of dropping them. Structures in ``not_assessed`` (those the case's site does not annotate) get
+    status ``not_assessed`` instead: a failure cannot be counted against a structure that was never annotated.
+
+    Examples
+    --------
+    >>> failed_case_rows("A/1", ["vertebral_body", "spinal_cord"], ["dice"], "corrupt", not_assessed=["spinal_cord"])["status"].tolist()
+    ['failed', 'not_assessed']
+    """
+    skip = set(not_assessed)
+    rows = [
+        row
+        for s in structures
+        for row in _whole_case_rows(case_id, [s], metrics, NOT_ASSESSED if s in skip else "failed", None if s in skip else error)
+    ]
+    return pd.DataFrame(rows, columns=list(METRIC_COLUMNS)) if rows else empty_metric_table()
+
+
+def not_assessed_rows(case_id: str, structures: Iterable[str], metrics: Iterable[str]) -> pd.DataFrame:
+    """Metric-table rows (status ``not_assessed``, value NaN) for structures the case's site does not annotate."""
+    rows = _whole_case_rows(case_id, structures, metrics, NOT_ASSESSED, None)
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS)) if rows else empty_metric_table()
 
 
@@ -261,9 +336,9 @@ def validate_metric_table(table: pd.DataFrame) -> pd.DataFrame:
     bad = sorted(set(table["status"].astype(str)) - set(STATUSES))
     if bad:
         raise ValueError(f"metric table: column 'status' allows {list(STATUSES)}; found {bad}")
-    nan_ok = table["status"].isin(["failed", "both_empty"])
+    nan_ok = table["status"].isin(["failed", "both_empty", NOT_ASSESSED])
     silent = table["value"].isna() & ~nan_ok
     if silent.any():
         example = table.loc[silent, ["case_id", "structure", "metric", "status"]].head(3).to_dict("records")
-        raise ValueError(f"metric table: NaN values are allowed only for status failed/both_empty; found {example}")
+        raise ValueError(f"metric table: NaN values are allowed only for status failed/both_empty/{NOT_ASSESSED}; found {example}")
     return table

@@ -10,7 +10,7 @@ import datetime as dt
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -18,7 +18,7 @@ import pandas as pd
 from audit import __version__, provenance, study
 from audit.metrics import metric_spec
 from audit.protocol import Protocol, protocol_to_dict
-from audit.records import METADATA_COLUMNS, CaseFailure, failure_table
+from audit.records import METADATA_COLUMNS, NOT_ASSESSED, CaseFailure, failure_table
 from audit.sites import metadata_warning_table
 
 __all__ = ["EXCLUDED_STAGES", "RESULTS_SCHEMA_VERSION", "participant_flow", "results_document", "study_section"]
@@ -36,7 +36,7 @@ def participant_flow(manifest: pd.DataFrame, metric_table: pd.DataFrame, failure
     A case is *found* when it has a manifest row (cases that failed before they had one get a row with Unknown
     metadata, so they are found too), *excluded* when its first failure is at a stage of
     :data:`EXCLUDED_STAGES`, *failed* when it failed at a later stage, and *analysed* otherwise (it has metric
-    rows that did not fail). ``found = excluded + failed + analysed`` in every row.
+    rows that neither failed nor were not assessed). ``found = excluded + failed + analysed`` in every row.
 
     Examples
     --------
@@ -50,7 +50,7 @@ def participant_flow(manifest: pd.DataFrame, metric_table: pd.DataFrame, failure
     first_stage: dict[str, str] = {}
     for f in failures:
         first_stage.setdefault(f.case_id, f.stage)
-    analysed_ids = set(metric_table.loc[metric_table["status"] != "failed", "case_id"])
+    analysed_ids = set(metric_table.loc[~metric_table["status"].isin(["failed", NOT_ASSESSED]), "case_id"])
     cases = manifest.drop_duplicates("case_id")[["case_id", "site"]].copy()
     cases["state"] = [
         "analysed" if cid in analysed_ids else ("excluded" if first_stage.get(cid) in EXCLUDED_STAGES else "failed") for cid in cases["case_id"]
@@ -79,7 +79,7 @@ def study_section(protocol: Protocol, manifest: pd.DataFrame) -> dict[str, Any]:
 def results_document(
     *,
     protocol: Protocol,
-    model: Any,
+    model: Mapping[str, Any],
     manifest: pd.DataFrame,
     metric_table: pd.DataFrame,
     names: Sequence[str],
@@ -90,7 +90,7 @@ def results_document(
     finished: dt.datetime,
     command: str | None,
 ) -> dict[str, Any]:
-    """Assemble results.json (schema in docs/report.md)."""
+    """Assemble results.json (schema in docs/report.md); ``model`` is the run folder's model.json identity."""
     versions = provenance.software_versions()
     deidentified = manifest.drop(columns=["image_path", "label_path", "prediction_path"], errors="ignore")
     synthetic_columns = list(protocol.report.synthetic_columns)
@@ -98,6 +98,8 @@ def results_document(
     warnings = list(results.warnings)
     if n_failed_cases:
         warnings.insert(0, f"{n_failed_cases} case(s) failed and are listed under data quality; they are counted, not dropped")
+    if n_failed_cases and n_failed_cases == manifest["case_id"].nunique():
+        warnings.insert(0, "every case failed: no metric could be computed, so no estimate exists and every criterion is inconclusive")
     if synthetic_columns:
         warnings.append(f"columns {synthetic_columns} are synthetic (generated), not real patient data")
     return {
@@ -112,19 +114,14 @@ def results_document(
         },
         "protocol": protocol_to_dict(protocol),
         "protocol_sha256": protocol.sha256,
-        "model": {
-            "name": model.spec.name,
-            "kind": model.spec.kind,
-            "sha256": model.sha256,
-            "labels": {str(k): v for k, v in model.label_map.values.items()},
-            "device": str(model.device),
-        },
+        "model": {k: model[k] for k in ("name", "kind", "sha256", "labels", "device")},
         "data": {
             "manifest_sha256": provenance.sha256_table(deidentified),
             "n_cases": len(manifest),
             "n_patients": int(manifest["patient_id"].nunique()),
             "n_sites": int(manifest["site"].nunique()),
             "n_failed_cases": n_failed_cases,
+            "n_not_assessed": int(metric_table.loc[metric_table["status"] == NOT_ASSESSED, ["case_id", "structure"]].drop_duplicates().shape[0]),
             "synthetic": protocol.synthetic_cohort is not None,
             "synthetic_columns": synthetic_columns,
         },
@@ -139,6 +136,7 @@ def results_document(
             },
             "empty_policy": {"missed_distance": protocol.metrics.missed_distance},
             "detection": provenance.detection_counts(metric_table),
+            "annotation": provenance.annotation_matrix(metric_table, manifest),
         },
         "statistics": results.to_dict(),
         "failures": failure_table(failures),

@@ -12,7 +12,6 @@ import base64
 import io
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import matplotlib.image
 import nibabel as nib
@@ -45,11 +44,6 @@ def worst_cases(cases: pd.DataFrame, *, axis: str, metric: str, higher_is_better
     per_case = sub.groupby(["case_id", axis], as_index=False)["value"].mean()
     per_case = per_case.sort_values(["value", "case_id"], ascending=[higher_is_better, True], kind="stable")
     return per_case.groupby(axis, sort=True).head(per_group).sort_values([axis, "value"], ascending=[True, higher_is_better], kind="stable")
-
-
-def _resolve(path: str, run_dir: Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else run_dir / p
 
 
 def mid_sagittal(img: nib.Nifti1Image) -> tuple[np.ndarray, float]:
@@ -125,20 +119,21 @@ def _canonical(labels: np.ndarray, label_map: LabelMap | None) -> np.ndarray:
 def case_figure(
     row: Mapping[str, object],
     *,
-    run_dir: Path,
     label_values: Mapping[str, int],
     reference_map: LabelMap | None = None,
     prediction_map: LabelMap | None = None,
 ) -> str | None:
     """PNG data URI of one case's mid-sagittal slice with contours; None when its files cannot be read.
 
-    ``reference_map`` (the site's) and ``prediction_map`` (the model's) translate the files' label values to
+    ``row`` holds absolute ``image_path``, ``label_path`` and ``prediction_path`` (as
+    :meth:`audit.runfolder.RunFolder.read_manifest` returns them). ``reference_map`` (the site's) and
+    ``prediction_map`` (the model's) translate the files' label values to
     canonical coarse values (``label_values``); ``None`` means the file already holds canonical values.
     """
     try:
-        image, aspect = mid_sagittal(nib.load(str(_resolve(str(row["image_path"]), run_dir))))
-        reference, _ = mid_sagittal(nib.load(str(_resolve(str(row["label_path"]), run_dir))))
-        prediction, _ = mid_sagittal(nib.load(str(_resolve(str(row["prediction_path"]), run_dir))))
+        image, aspect = mid_sagittal(nib.load(str(row["image_path"])))
+        reference, _ = mid_sagittal(nib.load(str(row["label_path"])))
+        prediction, _ = mid_sagittal(nib.load(str(row["prediction_path"])))
         reference, prediction = _canonical(reference, reference_map), _canonical(prediction, prediction_map)
         rgb = contour_overlay(image, reference, prediction, label_values, aspect)
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable file must not stop the report

@@ -25,13 +25,14 @@ import pandas as pd
 
 from audit.report.redact import redact_paths, redact_strings
 from audit.report.schema import validate_results
+from audit.runfolder import FAILURES, MANIFEST, METRICS, PROTOCOL, REPORT, RESULTS, TABLES
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PATH_COLUMNS", "REQUIRED_FILES", "VerifyResult", "build_package", "deidentified_manifest", "verify_package"]
 
 PATH_COLUMNS = ("image_path", "label_path", "prediction_path")
-REQUIRED_FILES = ("report.html", "results.json", "protocol.yaml", "metrics.csv", "failures.csv", "manifest.csv")
+REQUIRED_FILES = (REPORT, RESULTS, PROTOCOL, METRICS, FAILURES, MANIFEST)
 CHECKSUMS = "SHA256SUMS"
 
 
@@ -45,7 +46,7 @@ class VerifyResult:
 
 
 #: Text members whose absolute paths are redacted (besides the manifest, rebuilt without path columns).
-REDACTED_TEXT = ("metrics.csv", "failures.csv")
+REDACTED_TEXT = (METRICS, FAILURES)
 #: results.json keys kept verbatim: the protocol (its sha256 must verify) and the run record (provenance).
 VERBATIM_RESULTS_KEYS = ("protocol", "run")
 #: Package metadata member: format version, source run, members changed by redaction.
@@ -70,10 +71,10 @@ def _redacted_results(text: str) -> str:
 def _member(run_dir: Path, name: str) -> tuple[bytes, bool]:
     """A member's bytes and whether redaction changed them (unchanged text files are copied byte for byte)."""
     path = run_dir / name
-    if name == "manifest.csv":
+    if name == MANIFEST:
         text = deidentified_manifest(path)
         redacted = redact_paths(text)
-    elif name == "results.json":
+    elif name == RESULTS:
         text = path.read_text(encoding="utf-8")
         redacted = _redacted_results(text)
     elif name in REDACTED_TEXT:
@@ -81,7 +82,7 @@ def _member(run_dir: Path, name: str) -> tuple[bytes, bool]:
         redacted = redact_paths(text)
     else:
         return path.read_bytes(), False
-    if redacted == text and name != "manifest.csv":
+    if redacted == text and name != MANIFEST:
         return path.read_bytes(), False
     return redacted.encode("utf-8"), redacted != text
 
@@ -112,9 +113,9 @@ def build_package(run_dir: str | Path, out_zip: str | Path | None = None) -> Pat
         members[name], changed = _member(run_dir, name)
         if changed:
             redacted.append(name)
-    for table in sorted((run_dir / "tables").glob("*")):
+    for table in sorted((run_dir / TABLES).glob("*")):
         if table.is_file():
-            members[f"tables/{table.name}"] = table.read_bytes()
+            members[f"{TABLES}/{table.name}"] = table.read_bytes()
     if redacted:
         logger.warning("evidence package: absolute paths shown as file names only in %s", redacted)
     info = {"format": PACKAGE_FORMAT, "run_folder": run_dir.name, "redacted": redacted, "excluded": ["images", "labels", "predictions", "cohort"]}
@@ -156,20 +157,20 @@ def verify_package(zip_path: str | Path) -> VerifyResult:
         for name in REQUIRED_FILES:
             if name not in names:
                 problems.append(f"{name}: required file missing")
-        if "manifest.csv" in names:
-            header = pd.read_csv(io.BytesIO(zf.read("manifest.csv")), nrows=0).columns
+        if MANIFEST in names:
+            header = pd.read_csv(io.BytesIO(zf.read(MANIFEST)), nrows=0).columns
             leaked = [c for c in PATH_COLUMNS if c in header]
             if leaked:
                 problems.append(f"manifest.csv: holds file path columns {leaked}; the package manifest must be de-identified")
-        for name in ("manifest.csv", *REDACTED_TEXT):
+        for name in (MANIFEST, *REDACTED_TEXT):
             if name in names:
                 text = zf.read(name).decode("utf-8", errors="replace")
                 if redact_paths(text) != text:
                     problems.append(f"{name}: holds absolute file paths; the package must show only file names (…/name)")
         results = None
-        if "results.json" in names:
+        if RESULTS in names:
             try:
-                results = json.loads(zf.read("results.json"))
+                results = json.loads(zf.read(RESULTS))
                 problems.extend(validate_results(results))
             except json.JSONDecodeError as exc:
                 problems.append(f"results.json: not valid JSON ({exc})")
@@ -180,13 +181,13 @@ def verify_package(zip_path: str | Path) -> VerifyResult:
 def _check_manifest_hash(zf: zipfile.ZipFile, names: set[str], results: object) -> list[str]:
     """The packaged manifest must be the one the audit ran on: its sha256 equals ``data.manifest_sha256``
     (unless package.json records that redaction changed it)."""
-    if "manifest.csv" not in names or not isinstance(results, dict):
+    if MANIFEST not in names or not isinstance(results, dict):
         return []
     expected = results.get("data", {}).get("manifest_sha256") if isinstance(results.get("data"), dict) else None
     info = json.loads(zf.read(PACKAGE_INFO)) if PACKAGE_INFO in names else {}
-    if not isinstance(expected, str) or "manifest.csv" in info.get("redacted", []):
+    if not isinstance(expected, str) or MANIFEST in info.get("redacted", []):
         return []
-    actual = hashlib.sha256(zf.read("manifest.csv")).hexdigest()
+    actual = hashlib.sha256(zf.read(MANIFEST)).hexdigest()
     if actual != expected:
         return [f"manifest.csv: sha256 {actual[:12]}… differs from results.json data.manifest_sha256 {expected[:12]}… (not the audited manifest)"]
     return []

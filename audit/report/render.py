@@ -1,4 +1,4 @@
-"""Render report.html from a run folder (results.json, metrics.csv, manifest.csv): one self-contained file.
+"""Render report.html from a run folder (results, metric table, manifest via :class:`~audit.runfolder.RunFolder`): one self-contained file.
 
 Every number in a table is written by :func:`_Numbers.cell` as
 ``<span class="num" data-src="statistics.gaps" data-row="3" data-field="p_adjusted" data-kind="p"
@@ -9,7 +9,6 @@ look its row up in results.json by key and re-format the value independently (do
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -17,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
+from audit.fileio import atomic_write_text
 from audit.harmonize.labels import resolve_label_map
 from audit.ontology import COARSE_VALUES, LabelMap
 from audit.records import EVALUABLE_STATUSES
@@ -38,6 +39,7 @@ from audit.report.flags import adjusted_flags, site_level_axes
 from audit.report.formatting import format_value
 from audit.report.gallery import case_figure, worst_cases
 from audit.report.redact import redact_paths
+from audit.runfolder import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +136,9 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
     primary = primary if primary in metric_names else metric_names[0]
     higher = definitions[primary]["higher_is_better"]
     margin = protocol["statistics"]["equivalence_margins"].get(primary)
-    estimates = pd.DataFrame(stats["group_estimates"])
-    metrics = pd.read_csv(run_dir / "metrics.csv")
-    manifest = pd.read_csv(run_dir / "manifest.csv", dtype={"patient_id": str})
-    cases = metrics.merge(manifest, on="case_id", how="left")
+    estimates = _numeric(pd.DataFrame(stats["group_estimates"]), ("mean", "median", "sd", "ci_low", "ci_high"))
+    folder = RunFolder(run_dir)
+    cases = folder.read_metrics().merge(folder.read_manifest(), on="case_id", how="left")
     if "age_band" not in cases:
         from audit.stats import add_age_band
 
@@ -159,17 +160,14 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         a: forest_plot(estimates, axis=a, metric=primary, structures=structures, margin=margin, xlim=xlim, thresholds=lines[a])
         for a in single_axes
     }
-    evaluable = cases[(cases["metric"] == primary) & cases["status"].isin(EVALUABLE_STATUSES)]
-    ylim = metric_range([*evaluable["value"], *([failure] if failure is not None else [])])
+    scored = cases["status"].isin(EVALUABLE_STATUSES) & np.isfinite(cases["value"]) & (cases["metric"] == primary)
+    by = [b for b in ("vendor", "field_strength") if b in cases] if scored.any() else []  # no box plots when nothing was scored
+    ylim = metric_range([*cases.loc[scored, "value"], *([failure] if failure is not None else [])])
     box_lines = [(float(failure), f"failure threshold {failure:g}", None)] if failure is not None else []
-    distributions = {
-        b: distribution_plot(cases, by=b, metric=primary, structures=structures, ylim=ylim, thresholds=box_lines)
-        for b in ("vendor", "field_strength")
-        if b in cases
-    }
+    distributions = {b: distribution_plot(cases, by=b, metric=primary, structures=structures, ylim=ylim, thresholds=box_lines) for b in by}
     heatmaps = {a: intersection_heatmap(estimates, axis=a, metric=primary, structures=structures) for a in intersections}
     flow = (results.get("cohort") or {}).get("flow") or []
-    gallery = _gallery(run_dir, cases, protocol, primary, higher, results.get("model", {}).get("labels"))
+    gallery = _gallery(cases, protocol, primary, higher, results.get("model", {}).get("labels"))
     figures = {"flow": flow_plot(flow) if flow else None}
     logger.info("report figures in %.2f s", time.perf_counter() - t0)
     criteria = stats.get("criteria") or _criteria_from_rows(stats["acceptance"])
@@ -208,6 +206,7 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "harmonization_warnings": results["harmonization"]["warnings"],
         "completeness": results["harmonization"]["metadata_completeness"],
         "site_quality": _site_quality(results),
+        "annotation": _annotation(results),
         "synthetic_columns": results["data"].get("synthetic_columns", []),
         "fmt": format_value,
         "ml": lambda m: labels.metric_label(m, definitions),
@@ -218,6 +217,12 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],
         **_limitations(results),
     }
+
+
+def _numeric(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Columns as floats: JSON null (no evaluable case) becomes NaN and ``"inf"`` becomes infinity."""
+    present = [c for c in columns if c in table]
+    return table.assign(**{c: pd.to_numeric(table[c], errors="coerce").astype(float) for c in present})
 
 
 def _criteria_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -245,6 +250,14 @@ def _site_quality(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _annotation(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The site x structure annotation matrix (``metrics.annotation``): per site, (structure, row index, annotated)."""
+    out: dict[str, list[tuple[str, int, bool]]] = {}
+    for i, row in enumerate(results["metrics"].get("annotation", [])):
+        out.setdefault(row["site"], []).append((row["structure"], i, bool(row["annotated"])))
+    return [{"site": site, "cells": cells} for site, cells in out.items()]
+
+
 def _label_map(name: str, values: Mapping[str, str] | None) -> LabelMap | None:
     """The model's labels (``values``) or a known map by name, via the sites' resolver; None (raw values drawn) if neither."""
     try:
@@ -255,11 +268,12 @@ def _label_map(name: str, values: Mapping[str, str] | None) -> LabelMap | None:
 
 
 def _gallery(
-    run_dir: Path, cases: pd.DataFrame, protocol: Mapping[str, Any], metric: str, higher: bool, model_labels: Mapping[str, str] | None
+    cases: pd.DataFrame, protocol: Mapping[str, Any], metric: str, higher: bool, model_labels: Mapping[str, str] | None
 ) -> list[dict[str, Any]]:
     """The worst ``report.worst_cases_per_group`` cases of each group of each ``report.gallery_axes`` axis.
 
-    Bounded: axes x groups x per_group images; a case shown on several axes is drawn once.
+    Bounded: axes x groups x per_group images; a case shown on several axes is drawn once. File paths in
+    ``cases`` are absolute (:meth:`audit.runfolder.RunFolder.read_manifest` resolves the stored ones).
     """
     per_group = int(protocol["report"]["worst_cases_per_group"])
     axes = [a for a in protocol["report"].get("gallery_axes", ["site"]) if a in cases]
@@ -285,7 +299,7 @@ def _gallery(
                     has_prediction = isinstance(row.get("prediction_path"), str) and bool(row["prediction_path"])
                     reference_map = _label_map(str(row.get("label_map")), None) if has_prediction else None
                     drawn[rec.case_id] = (
-                        case_figure(row, run_dir=run_dir, label_values=structures, reference_map=reference_map, prediction_map=prediction_map)
+                        case_figure(row, label_values=structures, reference_map=reference_map, prediction_map=prediction_map)
                         if has_prediction
                         else None
                     )
@@ -306,15 +320,19 @@ def _limitations(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` (or ``out``) for a run folder and return its path."""
-    run_dir = Path(run_dir)
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    context = build_context(run_dir, results)
+    """Write ``report.html`` (or ``out``) for a run folder and return its path.
+
+    Raises
+    ------
+    audit.runfolder.RunFolderError
+        If the folder has no results.json (the run did not reach the stats stage).
+    """
+    folder = RunFolder(run_dir)
+    results = folder.read_results()
+    context = build_context(folder.root, results)
     html = _ENV.get_template("report.html.j2").render(**context)
-    target = Path(out) if out else run_dir / "report.html"
-    tmp = target.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(target)
+    target = Path(out) if out else folder.report_path
+    atomic_write_text(target, html)
     logger.info("report written: %s (%.1f kB)", target, target.stat().st_size / 1024)
     return target
 

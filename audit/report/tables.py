@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["write_tables"]
 
 
 def write_tables(run_dir: str | Path, tables: Mapping[str, pd.DataFrame]) -> list[Path]:
-    """Write each table to ``<run>/tables/<name>.csv`` (and ``.parquet``); return the paths written."""
-    folder = Path(run_dir) / "tables"
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, table in tables.items():
-        csv = folder / f"{name}.csv"
-        table.to_csv(csv, index=False)
-        written.append(csv)
-        try:
-            import pyarrow  # noqa: F401
+    """Write each table to ``<run>/tables/<name>.csv`` (and ``.parquet``) atomically; return the paths written.
 
-            parquet = folder / f"{name}.parquet"
-            table.astype({c: "string" for c in table.columns if table[c].dtype == object}).to_parquet(parquet, index=False)
-            written.append(parquet)
-        except ImportError:
-            logger.info("pyarrow not installed: %s written as CSV only", name)
-    return written
+    See :meth:`audit.runfolder.RunFolder.write_tables`.
+    """
+    from audit.runfolder import RunFolder
+
+    return RunFolder(run_dir).write_tables(tables)

@@ -8,13 +8,14 @@ Formats: ``nifti_table``, ``bids``, ``nnunet``, ``dicom``, ``cspineseg`` (see do
 
 from __future__ import annotations
 
-from audit.sites.base import Adapter, RawCase, SiteDataError, adapter_names, get_adapter, register_adapter
+from audit.sites.base import Adapter, PathOutsideRootError, RawCase, SiteDataError, adapter_names, get_adapter, path_in_root, register_adapter
 from audit.sites.check import SiteCheckReport, check_site
 from audit.sites.config import SiteConfig, SiteConfigError, load_site_config
 from audit.sites.manifest import MANIFEST_EXTRA_COLUMNS, build_manifest, iter_site, metadata_warning_table
 
 __all__ = [
     "Adapter",
+    "PathOutsideRootError",
     "RawCase",
     "SiteConfig",
     "SiteConfigError",
@@ -28,5 +29,6 @@ __all__ = [
     "iter_site",
     "load_site_config",
     "metadata_warning_table",
+    "path_in_root",
     "register_adapter",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -33,10 +34,19 @@ __all__ = [
     "resolve_columns",
     "raw_metadata",
     "ID_KEYS",
+    "PathOutsideRootError",
+    "SYMLINK_POLICIES",
+    "check_relative_pattern",
+    "check_case_id",
+    "path_in_root",
+    "site_path",
 ]
 
 #: Options every format accepts (see docs/sites.md).
-COMMON_OPTIONS: frozenset[str] = frozenset({"pseudonymize", "extra_columns", "on_unparseable_age"})
+COMMON_OPTIONS: frozenset[str] = frozenset({"pseudonymize", "extra_columns", "on_unparseable_age", "symlinks"})
+#: Values of the ``symlinks`` option: a symbolic link whose target lies outside the site root is refused (a
+#: per-case ``PathOutsideRootError``) or allowed and logged.
+SYMLINK_POLICIES: tuple[str, ...] = ("refuse", "allow")
 
 
 class SiteDataError(ValueError):
@@ -59,6 +69,9 @@ class RawCase:
         Raw values under :data:`audit.harmonize.metadata.RAW_KEYS`.
     extra : Mapping[str, Any]
         Further manifest columns (non-identifying), e.g. ``split`` or ``session``.
+    failure : CaseFailure or None
+        Set when the case is known (with its metadata) but cannot be used, e.g. its label file is missing:
+        the case keeps a manifest row with its metadata and this failure is recorded (:meth:`failed`).
     """
 
     local_id: str
@@ -67,6 +80,11 @@ class RawCase:
     patient_id: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    failure: CaseFailure | None = None
+
+    def failed(self, failure: CaseFailure) -> RawCase:
+        """This case, marked as failed (it keeps its metadata in the manifest)."""
+        return dataclasses.replace(self, failure=failure)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +104,9 @@ class Adapter:
     infer_label_map : Callable[[Path], Any] or None
         Reads a label map from the data (nnU-Net ``dataset.json``) when the config gives none.
     description : str
+    path_options : frozenset of str
+        Options that name files or file patterns relative to the root; :func:`load_site_config` refuses one
+        that is absolute or has a ``..`` component (:func:`check_relative_pattern`).
     """
 
     name: str
@@ -94,6 +115,7 @@ class Adapter:
     default_label_map: str | None = None
     infer_label_map: Callable[[Path], Any] | None = None
     description: str = ""
+    path_options: frozenset[str] = frozenset()
 
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -205,3 +227,103 @@ def raw_metadata(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str
     from audit.harmonize.metadata import RAW_KEYS
 
     return {k: row.get(columns[k]) for k in RAW_KEYS if k in columns}
+
+
+# ---- Paths never leave the site root ---------------------------------------------------------------------------
+
+
+class PathOutsideRootError(ValueError):
+    """A file named by a site (a case id put into a pattern, or a symbolic link) lies outside the site root."""
+
+
+def check_relative_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it is a relative path that cannot climb out of the folder it is joined to.
+
+    Raises
+    ------
+    ValueError
+        If the pattern is empty, absolute (``/x``, ``~/x``, ``C:\\x``) or has a ``..`` component.
+
+    Examples
+    --------
+    >>> check_relative_pattern("images/{case_id}.nii.gz")
+    'images/{case_id}.nii.gz'
+    """
+    text = str(pattern)
+    parts = re.split(r"[\\/]", text)
+    if not text.strip() or text.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", text) or ".." in parts:
+        raise ValueError(f"must be a relative path inside the site root (no leading '/', '~' or drive, no '..'); found {text!r}")
+    return text
+
+
+def check_case_id(local_id: str) -> str:
+    """Return ``local_id`` if it can name files inside a site root (:func:`check_relative_pattern`'s rule).
+
+    Raises
+    ------
+    PathOutsideRootError
+        For an empty id, an absolute one or one with a ``..`` component (``../../etc/passwd``).
+    """
+    try:
+        return check_relative_pattern(local_id)
+    except ValueError as exc:
+        raise PathOutsideRootError(f"case id {local_id!r} cannot name a file inside the site root: it {exc}") from None
+
+
+def path_in_root(root: Path, relative: str | os.PathLike[str], *, what: str, symlinks: str = "refuse") -> Path:
+    """``root / relative``, refused when it leaves ``root``: by its spelling, or through a symbolic link.
+
+    Parameters
+    ----------
+    root : Path
+        The site root (absolute; :func:`audit.sites.load_site_config` resolves it).
+    relative : str or PathLike
+        A path relative to ``root``, typically a pattern filled with a case id from a metadata table.
+    what : str
+        What the file is, for the message (``"image"``, ``"label"``, ``"metadata table"``).
+    symlinks : {"refuse", "allow"}
+        ``"allow"`` accepts a link whose target is outside the root (logged at debug level); the spelling is
+        always checked.
+
+    Returns
+    -------
+    Path
+        The joined, normalized path (symbolic links kept as written). It need not exist.
+
+    Raises
+    ------
+    PathOutsideRootError
+        If the path is absolute or has a ``..`` component (even one that stays inside), or (``symlinks="refuse"``)
+        resolves outside the root.
+
+    Examples
+    --------
+    >>> path_in_root(Path("/data/site"), "images/a.nii.gz", what="image").as_posix()
+    '/data/site/images/a.nii.gz'
+    >>> path_in_root(Path("/data/site"), "images/../../etc/passwd", what="image")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ...
+    audit.sites.base.PathOutsideRootError: image path 'images/../../etc/passwd' leaves the site root /data/site ...
+    """
+    if symlinks not in SYMLINK_POLICIES:
+        raise ValueError(f"symlinks: allowed values are {list(SYMLINK_POLICIES)}; found {symlinks!r}")
+    root = Path(root)
+    text = os.fspath(relative)
+    joined = Path(os.path.normpath(root / text))
+    climbs = ".." in re.split(r"[\\/]", text)
+    if Path(text).is_absolute() or climbs or not joined.is_relative_to(Path(os.path.normpath(root))):
+        raise PathOutsideRootError(f"{what} path {text!r} leaves the site root {root} (absolute paths and '..' are refused)")
+    real = joined.resolve()
+    if not real.is_relative_to(root.resolve()):
+        if symlinks == "refuse":
+            raise PathOutsideRootError(
+                f"{what} path {text!r} is a symbolic link (or lies under one) whose target is outside the site root {root}; "
+                "set the site option symlinks: allow to accept it"
+            )
+        logger.debug("%s path %s follows a symbolic link out of the site root %s (symlinks: allow)", what, joined, root)
+    return joined
+
+
+def site_path(config: SiteConfig, relative: str | os.PathLike[str], *, what: str) -> Path:
+    """:func:`path_in_root` with the site's root and its ``symlinks`` option (the one check every adapter uses)."""
+    return path_in_root(config.root, relative, what=what, symlinks=str(config.option("symlinks", "refuse")))

@@ -26,6 +26,7 @@ from typing import Any
 from audit.records import CaseFailure
 from audit.sites.base import (
     Adapter,
+    PathOutsideRootError,
     RawCase,
     SiteDataError,
     missing_file_failure,
@@ -33,6 +34,7 @@ from audit.sites.base import (
     read_table,
     register_adapter,
     resolve_columns,
+    site_path,
 )
 from audit.sites.config import SiteConfig
 
@@ -77,7 +79,10 @@ def iter_bids(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
     suffix = str(config.option("suffix", "T2w"))
     extension = str(config.option("extension", ".nii.gz"))
     labels = str(config.option("labels", "derivatives/labels/{anat_dir}/{stem}_seg-manual.nii.gz"))
-    participants_path = config.root / str(config.option("participants", "participants.tsv"))
+    try:
+        participants_path = site_path(config, str(config.option("participants", "participants.tsv")), what="participants table")
+    except PathOutsideRootError as exc:
+        raise SiteDataError(f"{where}.participants: {exc}") from None
     participants: dict[str, dict[str, Any]] = {}
     columns: dict[str, str] = {}
     if participants_path.is_file():
@@ -97,21 +102,27 @@ def iter_bids(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
         subject = local_id.split("_")[0]
         anat_dir = (files.get("image") or files["sidecar"]).parent.relative_to(config.root).as_posix()
         image = files.get("image", config.root / anat_dir / f"{stem}{extension}")
-        label = config.root / labels.format(anat_dir=anat_dir, stem=stem, subject=subject)
-        if "image" not in files:
-            yield missing_file_failure(case_id, config.name, "image", image)
-            continue
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
+        try:
+            image = site_path(config, image.relative_to(config.root), what="image")
+            label = site_path(config, labels.format(anat_dir=anat_dir, stem=stem, subject=subject), what="label")
+            sidecar = files.get("sidecar") and site_path(config, files["sidecar"].relative_to(config.root), what="JSON sidecar")
+        except PathOutsideRootError as exc:
+            yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
             continue
         row = participants.get(subject)
         if row is None and participants:
             yield CaseFailure(case_id, "adapter", f"subject {subject!r} has no row in {participants_path}", "MissingMetadata", config.name)
             continue
         metadata = raw_metadata(row or {}, columns)
-        metadata.update(_sidecar(files.get("sidecar")))
+        metadata.update(_sidecar(sidecar or None))
         session = next((p for p in local_id.split("_") if p.startswith("ses-")), None)
-        yield RawCase(local_id, image, label, patient_id=subject, metadata=metadata, extra={"session": session} if session else {})
+        case = RawCase(local_id, image, label, patient_id=subject, metadata=metadata, extra={"session": session} if session else {})
+        if "image" not in files:
+            yield case.failed(missing_file_failure(case_id, config.name, "image", image))
+        elif not label.is_file():
+            yield case.failed(missing_file_failure(case_id, config.name, "label", label))
+        else:
+            yield case
 
 
 register_adapter(
@@ -121,5 +132,6 @@ register_adapter(
         options=frozenset({"suffix", "extension", "labels", "participants", "columns"}),
         default_label_map=None,
         description="BIDS tree with derivatives/labels, participants.tsv and JSON sidecars",
+        path_options=frozenset({"labels", "participants"}),
     )
 )

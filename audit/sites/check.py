@@ -10,29 +10,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.harmonize.checks import DEFAULT_ATOL_DIRECTION, DEFAULT_ATOL_MM, check_case
-from audit.records import CaseFailure, ManifestRow
+from audit.records import DEFAULT_AGE_BAND_EDGES, CaseFailure, ManifestRow, age_bands
 from audit.sites.base import SiteDataError
 from audit.sites.config import SiteConfig
 from audit.sites.manifest import iter_site
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SiteCheckReport", "check_site", "age_band"]
+__all__ = ["SiteCheckReport", "check_site"]
 
 _COUNT_COLUMNS = ("vendor", "field_strength", "scanner_model", "sex", "race", "ethnicity", "age_band")
 _COMPLETENESS_COLUMNS = ("patient_id", "vendor", "field_strength", "scanner_model", "age_years", "sex", "race", "ethnicity")
-
-
-def age_band(age: float, edges: Sequence[float]) -> str:
-    """Label of the half-open band ``[a, b)`` holding ``age`` (``'<18'``, ``'18-40'``, ``'>=120'``, ``'Unknown'``)."""
-    if age is None or (isinstance(age, float) and math.isnan(age)):
-        return "Unknown"
-    if age < edges[0]:
-        return f"<{edges[0]:g}"
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        if lo <= age < hi:
-            return f"{lo:g}-{hi:g}"
-    return f">={edges[-1]:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +48,8 @@ class SiteCheckReport:
         Cases per image orientation code (``'PIR'``, ...).
     metadata_warnings : Mapping[str, int]
         Unmapped metadata values and how many cases carry each.
+    annotates : tuple of str
+        Structures the site's reference standard annotates (site config ``annotates``).
     """
 
     site: str
@@ -74,6 +64,7 @@ class SiteCheckReport:
     counts: Mapping[str, Mapping[str, int]]
     orientations: Mapping[str, int]
     metadata_warnings: Mapping[str, int]
+    annotates: tuple[str, ...] = ()
 
     @property
     def errors(self) -> list[CaseFailure]:
@@ -92,7 +83,7 @@ class SiteCheckReport:
         """The report as ``(title, header, rows)`` tables; :meth:`render` and :meth:`to_rich` draw them."""
         n_ok = self.n_cases - len({f.case_id for f in self.failures if f.stage != "adapter"})
         summary = [
-            ["site", self.site], ["format", self.format], ["root", self.root],
+            ["site", self.site], ["format", self.format], ["root", self.root], ["annotates", ", ".join(self.annotates)],
             ["cases found", str(self.n_cases)], ["cases opened", str(self.n_checked)],
             ["cases passing all checks", str(max(n_ok, 0))], ["errors", str(len(self.errors))],
             ["status", "OK" if self.ok else "ERRORS"],
@@ -154,7 +145,7 @@ def check_site(
     max_cases: int | None = None,
     atol_mm: float = DEFAULT_ATOL_MM,
     atol_direction: float = DEFAULT_ATOL_DIRECTION,
-    age_bands: Sequence[float] = (18.0, 40.0, 60.0, 75.0, 120.0),
+    age_band_edges: Sequence[float] = DEFAULT_AGE_BAND_EDGES,
 ) -> SiteCheckReport:
     """Check a site: manifest-level checks for every case, voxel-level checks (:func:`check_case`).
 
@@ -167,8 +158,9 @@ def check_site(
         Open at most this many cases (the manifest-level checks still cover all).
     atol_mm, atol_direction : float
         Geometry tolerances (see :mod:`audit.harmonize.checks`).
-    age_bands : sequence of float
-        Band edges in years for the age-band counts (the protocol default).
+    age_band_edges : sequence of float
+        Band edges in years for the age-band counts (the protocol's ``subgroups.age_bands``; the same rule,
+        :func:`audit.records.age_bands`, makes the report's bands).
     """
     failures: list[CaseFailure] = []
     rows: list[ManifestRow] = []
@@ -215,7 +207,7 @@ def check_site(
     counts: dict[str, dict[str, int]] = {}
     for column in _COUNT_COLUMNS:
         if column == "age_band":
-            values = [age_band(r.age_years, age_bands) for r in rows]
+            values = [str(b) for b in age_bands([r.age_years for r in rows], age_band_edges)]
         else:
             values = [str(getattr(r, column)) for r in rows]
         counts[column] = dict(collections.Counter(values))
@@ -233,4 +225,5 @@ def check_site(
         counts=counts,
         orientations=dict(orientations),
         metadata_warnings=dict(warnings.most_common()),
+        annotates=config.annotated_structures,
     )

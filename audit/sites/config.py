@@ -15,14 +15,14 @@ import yaml
 
 from audit.harmonize.labels import resolve_label_map
 from audit.harmonize.metadata import RAW_KEYS
-from audit.ontology import LabelMap
-from audit.sites.base import COMMON_OPTIONS, get_adapter
+from audit.ontology import LabelMap, is_annotated, structure
+from audit.sites.base import COMMON_OPTIONS, SYMLINK_POLICIES, check_relative_pattern, get_adapter
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SiteConfig", "SiteConfigError", "load_site_config"]
 
-_TOP_KEYS = ("name", "format", "root", "label_map", "options", "defaults")
+_TOP_KEYS = ("name", "format", "root", "label_map", "annotates", "options", "defaults")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -50,6 +50,10 @@ class SiteConfig:
         Raw metadata values for the whole site, used where a case has none (keys of ``RAW_KEYS``).
     source : Path or None
         The YAML file, when loaded from one.
+    annotates : tuple of str or None
+        Structures the site's reference standard annotates (config key ``annotates``); None means every
+        structure its label map names. A protocol structure the site does not annotate is ``not_assessed``
+        for its cases (see :attr:`annotated_structures`).
     """
 
     name: str
@@ -59,6 +63,16 @@ class SiteConfig:
     options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None
+    annotates: tuple[str, ...] | None = None
+
+    @property
+    def annotated_structures(self) -> tuple[str, ...]:
+        """The structures the reference standard annotates: ``annotates``, or the structures the label map names."""
+        return self.annotates if self.annotates is not None else self.label_map.structures
+
+    def annotated(self, name: str) -> bool:
+        """True when this site's reference can score structure ``name`` (see :func:`audit.ontology.is_annotated`)."""
+        return is_annotated(name, self.annotated_structures)
 
     @property
     def label_map_name(self) -> str:
@@ -154,6 +168,13 @@ def load_site_config(
     bad = sorted(set(options) - set(allowed))
     if bad:
         raise SiteConfigError(f"{where}.options: format {adapter.name!r} allows {allowed}; found unexpected {bad}")
+    for key in sorted(adapter.path_options & set(options)):
+        try:
+            check_relative_pattern(str(options[key]))
+        except ValueError as exc:
+            raise SiteConfigError(f"{where}.options.{key}: {exc}") from None
+    if options.get("symlinks", "refuse") not in SYMLINK_POLICIES:
+        raise SiteConfigError(f"{where}.options.symlinks: allowed values are {list(SYMLINK_POLICIES)}; found {options['symlinks']!r}")
     age_policy = options.get("on_unparseable_age", "error")
     if age_policy not in ("error", "unknown"):
         raise SiteConfigError(f"{where}.options.on_unparseable_age: allowed 'error' or 'unknown'; found {age_policy!r}")
@@ -174,6 +195,7 @@ def load_site_config(
         label_map = resolve_label_map(spec, name=f"{name}:custom")
     except (KeyError, ValueError) as exc:
         raise SiteConfigError(f"{where}.label_map: {exc.args[0]}") from None
+    annotates = _annotates(data.get("annotates"), label_map, where)
     return SiteConfig(
         name=name,
         format=adapter.name,
@@ -182,4 +204,26 @@ def load_site_config(
         options=MappingProxyType(dict(options)),
         defaults=MappingProxyType(dict(defaults)),
         source=path,
+        annotates=annotates,
     )
+
+
+def _annotates(raw: Any, label_map: LabelMap, where: str) -> tuple[str, ...] | None:
+    """Validate ``annotates``: a non-empty list of ontology structures, each one the label map can express."""
+    if raw is None:
+        return None
+    if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(n, str) for n in raw):
+        raise SiteConfigError(f"{where}.annotates: expected a non-empty list of structure names; found {raw!r}")
+    for i, name in enumerate(raw):
+        try:
+            structure(name)
+        except KeyError as exc:
+            raise SiteConfigError(f"{where}.annotates[{i}]: {exc.args[0]}") from None
+        if not is_annotated(name, label_map.structures):
+            raise SiteConfigError(
+                f"{where}.annotates[{i}]: label map {label_map.name!r} has no value for {name!r} "
+                f"(it expresses {list(label_map.structures)}); found {name!r}"
+            )
+    if len(set(raw)) != len(raw):
+        raise SiteConfigError(f"{where}.annotates: structure names must be unique; found {list(raw)}")
+    return tuple(raw)

@@ -25,7 +25,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from audit.records import CaseFailure
-from audit.sites.base import Adapter, RawCase, SiteDataError, missing_file_failure, read_table, register_adapter
+from audit.sites.base import (
+    Adapter,
+    PathOutsideRootError,
+    RawCase,
+    SiteDataError,
+    missing_file_failure,
+    path_in_root,
+    read_table,
+    register_adapter,
+    site_path,
+)
 from audit.sites.config import SiteConfig
 
 logger = logging.getLogger(__name__)
@@ -37,15 +47,27 @@ _SERIES_COLUMNS = {"vendor": "manufacturer", "scanner_model": "manufacturer_mode
 _FIELDS = {"case": "case_ids", "study": "imaging_studies.submitter_id", "series": "series_uid"}
 
 
-def find_release_table(root: Path, kind: str, release: str | None) -> Path:
-    """The ``<kind>_<release>.tsv`` table in ``root``; exactly one must match when ``release`` is None."""
+def find_release_table(root: Path, kind: str, release: str | None, *, symlinks: str = "refuse") -> Path:
+    """The ``<kind>_<release>.tsv`` table in ``root``; exactly one must match when ``release`` is None.
+
+    Raises
+    ------
+    SiteDataError
+        If no table or several match, ``release`` holds a path separator or ``..``, or the table is a
+        symbolic link out of ``root`` (see :func:`audit.sites.base.path_in_root`).
+    """
+    if release and (any(c in str(release) for c in "/\\*?[") or ".." in str(release)):
+        raise SiteDataError(f"cspineseg: options.release must be a plain release name (no '/', '..' or wildcards); found {release!r}")
     pattern = f"{kind}_{release}.tsv" if release else f"{kind}_*.tsv"
     matches = sorted(root.glob(pattern))
     if len(matches) != 1:
         raise SiteDataError(
             f"cspineseg: expected one table matching {pattern!r} in {root}; found {[m.name for m in matches]} (set options.release)"
         )
-    return matches[0]
+    try:
+        return path_in_root(root, matches[0].name, what=f"{kind} table", symlinks=symlinks)
+    except PathOutsideRootError as exc:
+        raise SiteDataError(f"cspineseg: {exc}") from None
 
 
 def _safe(value: str, what: str) -> str:
@@ -57,8 +79,9 @@ def _safe(value: str, what: str) -> str:
 def iter_cspineseg(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
     """Yield one case per MR series row (see the module docstring)."""
     release = config.option("release")
-    cases = read_table(find_release_table(config.root, "case", release), what="case table")
-    series = read_table(find_release_table(config.root, "mr_series", release), what="mr_series table")
+    symlinks = str(config.option("symlinks", "refuse"))
+    cases = read_table(find_release_table(config.root, "case", release, symlinks=symlinks), what="case table")
+    series = read_table(find_release_table(config.root, "mr_series", release, symlinks=symlinks), what="mr_series table")
     for table, needed, name in ((cases, ["submitter_id"], "case"), (series, list(_FIELDS.values()), "mr_series")):
         absent = [c for c in needed if c not in table.columns]
         if absent:
@@ -81,12 +104,11 @@ def iter_cspineseg(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
             continue
         local_id = local_pattern.format(**fields)
         case_id = f"{config.name}/{local_id}"
-        image, label = config.root / images.format(**fields), config.root / labels.format(**fields)
-        if not image.is_file():
-            yield missing_file_failure(case_id, config.name, "image", image)
-            continue
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
+        try:
+            image = site_path(config, images.format(**fields), what="image")
+            label = site_path(config, labels.format(**fields), what="label")
+        except PathOutsideRootError as exc:
+            yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
             continue
         patient = patients.get(fields["case"])
         if patient is None:
@@ -94,7 +116,13 @@ def iter_cspineseg(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
             continue
         metadata = {k: patient.get(c) for k, c in _CASE_COLUMNS.items()} | {k: row.get(c) for k, c in _SERIES_COLUMNS.items()}
         extra = {"cspineseg_site_id": patient.get("site_id")} if patient.get("site_id") not in (None, "") else {}
-        yield RawCase(local_id, image, label, patient_id=fields["case"], metadata=metadata, extra=extra)
+        case = RawCase(local_id, image, label, patient_id=fields["case"], metadata=metadata, extra=extra)
+        if not image.is_file():
+            yield case.failed(missing_file_failure(case_id, config.name, "image", image))
+        elif not label.is_file():
+            yield case.failed(missing_file_failure(case_id, config.name, "label", label))
+        else:
+            yield case
 
 
 register_adapter(
@@ -104,5 +132,6 @@ register_adapter(
         options=frozenset({"release", "images", "labels", "local_id", "series_filter"}),
         default_label_map="cspineseg",
         description="CSpineSeg / MIDRC case_*.tsv + mr_series_*.tsv joined to NIfTI images and segmentations",
+        path_options=frozenset({"images", "labels"}),
     )
 )

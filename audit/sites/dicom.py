@@ -47,7 +47,7 @@ from audit.harmonize.geometry import LPS_TO_RAS
 from audit.harmonize.metadata import normalize_ethnicity
 from audit.harmonize.privacy import PSEUDONYM_KEY_ENV, pseudonymize
 from audit.records import UNKNOWN, CaseFailure
-from audit.sites.base import Adapter, RawCase, SiteDataError, missing_file_failure, register_adapter
+from audit.sites.base import Adapter, PathOutsideRootError, RawCase, SiteDataError, missing_file_failure, register_adapter, site_path
 from audit.sites.config import SiteConfig
 from audit.sites.dicom_seg import SEG_OVERLAP, DicomSegError, is_dicom_seg, read_seg_on_grid
 
@@ -61,9 +61,10 @@ class DicomSeriesError(ValueError):
     """A DICOM series that cannot form one regular 3D volume (missing slices, mixed geometry)."""
 
 
-def _headers(folder: Path, pattern: str) -> list[tuple[Path, Any]]:
+def _headers(folder: Path, pattern: str, config: SiteConfig) -> list[tuple[Path, Any]]:
     out = []
     for path in sorted(p for p in folder.rglob(pattern) if p.is_file()):
+        site_path(config, path.relative_to(config.root), what="DICOM file")  # a link out of the root fails the case
         try:
             out.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
@@ -210,7 +211,10 @@ def _seg_label(
 
 def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
     """Yield one case per case folder, converting its series (and a SEG mask) to cached NIfTI (see the module docstring)."""
-    images = config.root / str(config.option("images", "."))
+    try:
+        images = site_path(config, str(config.option("images", ".")), what="images folder")
+    except PathOutsideRootError as exc:
+        raise SiteDataError(f"sites[{config.name}].options.images: {exc}") from None
     labels = str(config.option("labels", "labels/{case_id}.nii.gz"))
     seg_in_folder = labels.strip().lower() == "seg"
     pattern = str(config.option("files", "*"))
@@ -225,9 +229,10 @@ def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
     for folder in sorted(p for p in images.iterdir() if p.is_dir() and p.resolve() != label_root and not p.name.startswith(".")):
         local_id = folder.name
         case_id = f"{config.name}/{local_id}"
-        label = None if seg_in_folder else config.root / labels.format(case_id=local_id)
         try:
-            headers = _headers(folder, pattern)
+            site_path(config, folder.relative_to(config.root), what="case folder")
+            label = None if seg_in_folder else site_path(config, labels.format(case_id=local_id), what="label")
+            headers = _headers(folder, pattern, config)
             segs: list[Path] = []
             by_series: dict[str, list[tuple[Path, Any]]] = {}
             for path, header in headers:
@@ -251,15 +256,13 @@ def iter_dicom(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
                 label = _seg_label(segs[0], members, cache=cache, local_id=local_id, image_key=key, options=seg_options)
             elif label is not None and not label.name.endswith((".nii", ".nii.gz")) and label.is_file() and is_dicom_seg(label):
                 label = _seg_label(label, members, cache=cache, local_id=local_id, image_key=key, options=seg_options)
-        except (DicomSeriesError, DicomSegError, OSError, ValueError) as exc:
+        except (DicomSeriesError, DicomSegError, PathOutsideRootError, OSError, ValueError) as exc:
             yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
             continue
         assert label is not None
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
-            continue
         header = members[0][1]
-        yield RawCase(local_id, image, label, patient_id=_patient_id(header, local_id, config.name), metadata=_metadata(header))
+        case = RawCase(local_id, image, label, patient_id=_patient_id(header, local_id, config.name), metadata=_metadata(header))
+        yield case if label.is_file() else case.failed(missing_file_failure(case_id, config.name, "label", label))
 
 
 register_adapter(
@@ -269,5 +272,6 @@ register_adapter(
         options=frozenset({"images", "labels", "files", "cache_dir", "series_description", "seg_segments", "seg_overlap"}),
         default_label_map=None,
         description="One DICOM series per case folder (converted to cached NIfTI) plus NIfTI or DICOM SEG reference masks",
+        path_options=frozenset({"images", "labels", "files"}),
     )
 )

@@ -12,7 +12,7 @@ import pandas as pd
 from audit.harmonize.metadata import RAW_KEYS, MetadataError, harmonize_metadata, is_missing
 from audit.harmonize.privacy import PrivacyError, assert_no_identifiers, pseudonymize
 from audit.records import MANIFEST_COLUMNS, METADATA_COLUMNS, CaseFailure, ManifestRow, validate_manifest
-from audit.sites.base import RawCase, get_adapter
+from audit.sites.base import PathOutsideRootError, RawCase, check_case_id, get_adapter
 from audit.sites.config import SiteConfig
 
 logger = logging.getLogger(__name__)
@@ -78,8 +78,12 @@ def manifest_row(config: SiteConfig, case: RawCase) -> ManifestRow:
     )
 
 
-def iter_site(config: SiteConfig) -> Iterator[ManifestRow | CaseFailure]:
+def iter_site(config: SiteConfig, *, failed_rows: bool = False) -> Iterator[ManifestRow | CaseFailure]:
     """Lazily yield the manifest rows and per-case failures of one site.
+
+    A case the adapter found with its metadata but could not use (e.g. its label file is missing) yields its
+    failure; with ``failed_rows`` its manifest row (metadata kept) comes first, so that it counts in Table 1,
+    metadata completeness and its own groups instead of an ``Unknown`` one.
 
     Cheap checks only (files exist, metadata row present, ids unique, ages parse); voxel-level checks
     are :func:`audit.harmonize.checks.check_case`. A repeated ``case_id`` fails every occurrence after
@@ -97,14 +101,26 @@ def iter_site(config: SiteConfig) -> Iterator[ManifestRow | CaseFailure]:
             yield item
             continue
         case_id = f"{config.name}/{item.local_id}"
+        try:  # every adapter's ids: a local id also names prediction files, so it must be a safe relative path
+            check_case_id(item.local_id)
+        except PathOutsideRootError as exc:
+            yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            continue
         if case_id in seen:
             yield CaseFailure(case_id, "adapter", f"duplicate case id {case_id!r} in site {config.name!r}", "DuplicateCaseId", config.name)
             continue
         seen.add(case_id)
         try:
-            yield manifest_row(config, item)
-        except (MetadataError, PrivacyError) as exc:
-            yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            row = manifest_row(config, item)
+        except (MetadataError, PrivacyError) as exc:  # a case failed for its files reports that first
+            yield item.failure or CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            continue
+        if item.failure is not None:
+            if failed_rows:
+                yield row
+            yield item.failure
+            continue
+        yield row
 
 
 def build_manifest(configs: Sequence[SiteConfig]) -> tuple[pd.DataFrame, list[CaseFailure]]:
@@ -116,7 +132,8 @@ def build_manifest(configs: Sequence[SiteConfig]) -> tuple[pd.DataFrame, list[Ca
         ``MANIFEST_COLUMNS`` + ``MANIFEST_EXTRA_COLUMNS`` + adapter extras, validated by
         :func:`audit.records.validate_manifest`; ``age_band`` is added later by the pipeline.
     failures : list of CaseFailure
-        Per-case failures of the adapter stage (missing files or metadata, duplicate ids, bad ages).
+        Per-case failures of the adapter stage (missing files or metadata, duplicate ids, bad ages). A case
+        whose files are missing but whose metadata is known has both a manifest row and a failure.
 
     Raises
     ------
@@ -131,7 +148,7 @@ def build_manifest(configs: Sequence[SiteConfig]) -> tuple[pd.DataFrame, list[Ca
     failures: list[CaseFailure] = []
     for config in configs:
         n_before = len(rows)
-        for item in iter_site(config):
+        for item in iter_site(config, failed_rows=True):
             if isinstance(item, CaseFailure):
                 failures.append(item)
             else:

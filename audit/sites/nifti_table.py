@@ -22,14 +22,17 @@ from pathlib import Path
 from audit.records import CaseFailure
 from audit.sites.base import (
     Adapter,
+    PathOutsideRootError,
     RawCase,
     SiteDataError,
+    check_case_id,
     missing_file_failure,
     pattern_regex,
     raw_metadata,
     read_table,
     register_adapter,
     resolve_columns,
+    site_path,
 )
 from audit.sites.config import SiteConfig
 
@@ -81,7 +84,11 @@ def iter_nifti_table(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
     for key, pattern in (("images", images), ("labels", labels)):
         if "{case_id}" not in pattern:
             raise SiteDataError(f"{where}.{key}: the pattern must contain {{case_id}}; found {pattern!r}")
-    table = read_table(config.root / str(config.option("metadata", "metadata.csv")))
+    try:
+        table_path = site_path(config, str(config.option("metadata", "metadata.csv")), what="metadata table")
+    except PathOutsideRootError as exc:
+        raise SiteDataError(f"{where}.metadata: {exc}") from None
+    table = read_table(table_path)
     columns = resolve_columns(list(table.columns), config.option("columns"), where=where, defaults=DEFAULT_COLUMNS)
     if "case_id" not in columns:
         raise SiteDataError(f"{where}.columns.case_id: no case id column; columns are {list(table.columns)}")
@@ -99,16 +106,21 @@ def iter_nifti_table(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
                 case_id, "adapter", f"case id {local_id!r} appears {counts[local_id]} times in the metadata table", "DuplicateCaseId", config.name
             )
             continue
-        image = config.root / images.format(case_id=local_id)
-        label = config.root / labels.format(case_id=local_id)
-        if not (local_id in on_disk if on_disk else image.is_file()):
-            yield missing_file_failure(case_id, config.name, "image", image)
-            continue
-        if not label.is_file():
-            yield missing_file_failure(case_id, config.name, "label", label)
+        try:
+            check_case_id(local_id)
+            image = site_path(config, images.format(case_id=local_id), what="image")
+            label = site_path(config, labels.format(case_id=local_id), what="label")
+        except PathOutsideRootError as exc:
+            yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
             continue
         patient = row.get(columns["patient_id"]) if "patient_id" in columns else None
-        yield RawCase(local_id, image, label, patient_id=patient, metadata=raw_metadata(row, columns))
+        case = RawCase(local_id, image, label, patient_id=patient, metadata=raw_metadata(row, columns))
+        if not (local_id in on_disk if on_disk else image.is_file()):
+            yield case.failed(missing_file_failure(case_id, config.name, "image", image))
+        elif not label.is_file():
+            yield case.failed(missing_file_failure(case_id, config.name, "label", label))
+        else:
+            yield case
     for local_id in sorted(set(on_disk) - set(counts)):
         yield CaseFailure(
             f"{config.name}/{local_id}",
@@ -126,5 +138,6 @@ register_adapter(
         options=frozenset({"images", "labels", "metadata", "columns"}),
         default_label_map="spine_audit",
         description="NIfTI images/labels folder plus a metadata CSV/TSV with a column mapping",
+        path_options=frozenset({"images", "labels", "metadata"}),
     )
 )

@@ -27,6 +27,7 @@ from audit.ontology import structure
 from audit.records import CaseFailure
 from audit.sites.base import (
     Adapter,
+    PathOutsideRootError,
     RawCase,
     SiteDataError,
     missing_file_failure,
@@ -34,6 +35,7 @@ from audit.sites.base import (
     read_table,
     register_adapter,
     resolve_columns,
+    site_path,
 )
 from audit.sites.config import SiteConfig
 from audit.sites.nifti_table import DEFAULT_COLUMNS
@@ -94,7 +96,10 @@ def iter_nnunet(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
     rows: dict[str, dict[str, Any]] = {}
     columns: dict[str, str] = {}
     if config.option("metadata"):
-        table = read_table(config.root / str(config.option("metadata")))
+        try:
+            table = read_table(site_path(config, str(config.option("metadata")), what="metadata table"))
+        except PathOutsideRootError as exc:
+            raise SiteDataError(f"{where}.metadata: {exc}") from None
         columns = resolve_columns(list(table.columns), config.option("columns"), where=where, defaults=DEFAULT_COLUMNS)
         if "case_id" not in columns:
             raise SiteDataError(f"{where}.columns.case_id: no case id column; columns are {list(table.columns)}")
@@ -108,19 +113,24 @@ def iter_nnunet(config: SiteConfig) -> Iterator[RawCase | CaseFailure]:
         label_ids = {p.name[: -len(ending)] for p in label_dir.glob(f"*{ending}")}
         for local_id in sorted(image_ids | label_ids):
             case_id = f"{config.name}/{local_id}"
-            image, label = image_dir / f"{local_id}{channel}", label_dir / f"{local_id}{ending}"
-            if local_id not in image_ids:
-                yield missing_file_failure(case_id, config.name, "image", image)
-                continue
-            if local_id not in label_ids:
-                yield missing_file_failure(case_id, config.name, "label", label)
+            try:
+                image = site_path(config, f"images{split}/{local_id}{channel}", what="image")
+                label = site_path(config, f"labels{split}/{local_id}{ending}", what="label")
+            except PathOutsideRootError as exc:
+                yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
                 continue
             row = rows.get(local_id)
             if row is None and rows:
                 yield CaseFailure(case_id, "adapter", f"case {local_id!r} has no row in the metadata table", "MissingMetadata", config.name)
                 continue
             patient = (row or {}).get(columns["patient_id"]) if "patient_id" in columns else None
-            yield RawCase(local_id, image, label, patient_id=patient, metadata=raw_metadata(row or {}, columns), extra={"split": split})
+            case = RawCase(local_id, image, label, patient_id=patient, metadata=raw_metadata(row or {}, columns), extra={"split": split})
+            if local_id not in image_ids:
+                yield case.failed(missing_file_failure(case_id, config.name, "image", image))
+            elif local_id not in label_ids:
+                yield case.failed(missing_file_failure(case_id, config.name, "label", label))
+            else:
+                yield case
 
 
 register_adapter(
@@ -130,5 +140,6 @@ register_adapter(
         options=frozenset({"splits", "channel", "metadata", "columns"}),
         infer_label_map=lambda root: label_map_from_dataset_json(root),
         description="nnU-Net raw dataset: imagesTr/labelsTr/imagesTs/labelsTs, dataset.json labels",
+        path_options=frozenset({"metadata"}),
     )
 )

@@ -3,7 +3,8 @@
 The analysis table (metric table joined with the manifest) is pivoted once into a case x column
 matrix, one column per (structure, metric). Values count in estimates only for statuses ``ok``,
 ``missed`` and ``false_positive`` and only when finite; ``both_empty``, ``failed`` and non-finite values
-are counted per group instead (``n_both_empty``, ``n_failed``, ``n_nonfinite``).
+are counted per group instead (``n_both_empty``, ``n_failed``, ``n_nonfinite``); ``not_assessed`` rows (a structure the
+case's site does not annotate) belong to no count and no estimate of that structure.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from audit.records import EVALUABLE_STATUSES, UNKNOWN
+from audit.records import EVALUABLE_STATUSES, UNKNOWN, age_band_labels, age_bands
 from audit.stats.bootstrap import (
     bca_interval,
     cluster_bootstrap_means,
@@ -39,17 +40,8 @@ ESTIMATE_COLUMNS = (
 )  # fmt: skip
 
 
-def age_band_labels(edges: Sequence[float]) -> list[str]:
-    """Band labels from edges: [18, 40, 60, 75, 120] -> 18-39, 40-59, 60-74, 75+."""
-    labels = []
-    for i, (lo, hi) in enumerate(zip(edges, edges[1:])):
-        last = i == len(edges) - 2
-        labels.append(f"{lo:g}+" if last else f"{lo:g}-{hi - 1:g}")
-    return labels
-
-
 def add_age_band(df: pd.DataFrame, edges: Sequence[float], *, column: str = "age_years") -> pd.DataFrame:
-    """Return a copy of ``df`` with an ``age_band`` column; bands are left-closed ``[lo, hi)``.
+    """Return a copy of ``df`` with an ``age_band`` column by :func:`audit.records.age_bands` (the one rule).
 
     Parameters
     ----------
@@ -67,18 +59,12 @@ def add_age_band(df: pd.DataFrame, edges: Sequence[float], *, column: str = "age
         ``df`` plus ``age_band``; a missing, non-numeric or out-of-range age (below the first edge or at/above
         the last one) is ``Unknown``, so the row stays in the table and is counted in its own group.
     """
-    edges = [float(e) for e in edges]
-    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"edges: need at least two strictly increasing age edges; received {list(edges)}")
-    age = pd.to_numeric(df[column], errors="coerce") if column in df else pd.Series(np.nan, index=df.index)
-    ages = age.to_numpy(dtype=float)
-    labels = np.asarray(age_band_labels(edges), dtype=object)
-    idx = np.searchsorted(np.asarray(edges), ages, side="right") - 1
-    in_range = np.isfinite(ages) & (idx >= 0) & (idx < len(labels))
-    band = np.where(in_range, labels[np.clip(idx, 0, len(labels) - 1)], UNKNOWN)
-    out_of_range = int((np.isfinite(ages) & ~in_range).sum())
+    ages = df[column] if column in df else pd.Series(np.nan, index=df.index)
+    band = age_bands(ages, edges)
+    numeric = pd.to_numeric(ages, errors="coerce").to_numpy(dtype=float)
+    out_of_range = int((np.isfinite(numeric) & (band == UNKNOWN)).sum())
     if out_of_range:
-        logger.info("age_band: %d age(s) outside [%g, %g) set to %s", out_of_range, edges[0], edges[-1], UNKNOWN)
+        logger.info("age_band: %d age(s) outside [%g, %g) set to %s", out_of_range, float(edges[0]), float(edges[-1]), UNKNOWN)
     out = df.copy()
     out["age_band"] = pd.Series(band, index=df.index, dtype=object)
     return out

@@ -22,11 +22,11 @@ def test_level_codes_follow_verse_and_tptbox_conventions():
     assert "L5-L6" not in ontology.DISCS and len(ontology.DISCS) == 23  # C2-C3 .. L5-S1
 
 
-def test_tptbox_subregion_maps_body_49_and_disc_100(shared_data):
+def test_tptbox_subregion_maps_body_49_50_and_disc_100(shared_data):
     raw = _labels(shared_data / "tptbox-cervical-mri" / "sub-mri_seg-subreg_label-6_msk.nii.gz")
     result = remap_labels(raw, get_label_map("tptbox_subregion"))
     assert result.unknown_values == ()
-    np.testing.assert_array_equal(result.array == COARSE_VALUES["vertebral_body"], raw == 49)
+    np.testing.assert_array_equal(result.array == COARSE_VALUES["vertebral_body"], np.isin(raw, [49, 50]))
     np.testing.assert_array_equal(result.array == COARSE_VALUES["intervertebral_disc"], raw == 100)
     np.testing.assert_array_equal(result.array == COARSE_VALUES["spinal_cord"], raw == 60)
     # posterior elements (41-48) and endplates (62) are known, ignored values -> background
@@ -96,5 +96,6 @@ def test_unknown_structure_and_map_names_list_allowed_values():
 
 def test_values_of_coarse_name_collects_levels():
     vert = get_label_map("tptbox_vert")
-    assert vert.values_of("intervertebral_disc") == tuple(sorted(100 + LEVEL_VALUES[d.split("-")[0]] for d in ontology.DISCS))
+    # the 23 ontology discs plus TPTBox's L6-S1 (125) and T13-L1 (128), which have no level of their own
+    assert vert.values_of("intervertebral_disc") == tuple(sorted([*(100 + LEVEL_VALUES[d.split("-")[0]] for d in ontology.DISCS), 125, 128]))
     assert get_label_map("cspineseg").values_of("vertebral_body") == (1,)

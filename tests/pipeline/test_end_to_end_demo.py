@@ -90,10 +90,10 @@ def test_case_dice_matches_numpy_on_the_written_files(demo_run, analysis):
     dice = analysis[analysis["metric"] == "dice"]
     for case_id, rows in list(dice.groupby("case_id"))[:6]:
         row = rows.iloc[0]
-        ref = remap_labels(np.asanyarray(nib.load(row["label_path"]).dataobj), get_label_map(row["label_map"])).array
-        pred_path = Path(row["prediction_path"])
-        pred_path = pred_path if pred_path.is_absolute() else run / pred_path
-        pred = np.asanyarray(nib.load(str(pred_path)).dataobj)
+        # paths inside the run folder are stored relative to it (the cohort and the predictions both are)
+        assert not Path(row["label_path"]).is_absolute() and not Path(row["prediction_path"]).is_absolute()
+        ref = remap_labels(np.asanyarray(nib.load(str(run / row["label_path"])).dataobj), get_label_map(row["label_map"])).array
+        pred = np.asanyarray(nib.load(str(run / row["prediction_path"])).dataobj)
         assert pred.shape == ref.shape
         for r in rows.itertuples():
             value = {"vertebral_body": 1, "intervertebral_disc": 2, "spinal_canal": 3, "spinal_cord": 4}[r.structure]

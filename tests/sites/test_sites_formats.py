@@ -45,7 +45,10 @@ def test_bids_on_real_spine_generic_metadata(tmp_path):
     config = load_site_config({"name": "sg", "format": "bids", "root": str(root), "label_map": {1: "spinal_cord"}})
     manifest, failures = build_manifest([config])
     assert [(f.case_id, f.error_type) for f in failures] == [("sg/sub-amu02", "MissingImage")]
-    assert sorted(manifest["case_id"]) == sorted(f"sg/{s}" for s in subjects)
+    # the case without an image keeps its row and metadata (it counts in Table 1); its failure is recorded
+    assert sorted(manifest["case_id"]) == sorted(f"sg/{s}" for s in [*subjects, "sub-amu02"])
+    orphan = json.loads((SPINE_GENERIC / "sub-amu02" / "anat" / "sub-amu02_T2w.json").read_text())
+    assert manifest.set_index("case_id").loc["sg/sub-amu02", "vendor_raw"] == orphan["Manufacturer"]
     # Oracle: the real participants.tsv and sidecars, read independently with pandas/json.
     participants = pd.read_csv(SPINE_GENERIC / "participants.tsv", sep="\t", dtype=str).set_index("participant_id")
     for sub in subjects:
@@ -87,8 +90,10 @@ def test_nnunet_raw_with_dataset_json_labels(tmp_path):
     config = load_site_config({"name": "nn", "format": "nnunet", "root": str(root), "options": {"metadata": "meta.tsv"}})
     assert dict(config.label_map.values) == {1: "vertebral_body", 2: "intervertebral_disc"}
     manifest, failures = build_manifest([config])
-    assert manifest["case_id"].tolist() == ["nn/spine_001", "nn/spine_002"] and manifest["split"].tolist() == ["Tr", "Tr"]
-    assert manifest["vendor"].tolist() == ["Siemens", "GE"]
+    usable = manifest[~manifest["case_id"].isin({f.case_id for f in failures})]
+    assert usable["case_id"].tolist() == ["nn/spine_001", "nn/spine_002"] and usable["split"].tolist() == ["Tr", "Tr"]
+    assert usable["vendor"].tolist() == ["Siemens", "GE"]
+    assert manifest.set_index("case_id").loc[["nn/spine_101", "nn/spine_102"], "vendor"].tolist() == ["GE", "GE"]  # failed, metadata kept
     assert sorted((f.case_id, f.error_type) for f in failures) == [("nn/spine_101", "MissingLabel"), ("nn/spine_102", "MissingImage")]
     report = check_site(config)
     assert [(f.case_id, f.error_type) for f in report.failures if f.stage == "harmonize"] == [("nn/spine_002", "UnknownLabelValuesError")]

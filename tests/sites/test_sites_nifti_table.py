@@ -68,7 +68,12 @@ def site(tmp_path):
 def test_manifest_rows_are_harmonized_and_valid(site):
     manifest, failures = build_manifest([site])
     validate_manifest(manifest)
-    assert manifest["case_id"].tolist() == ["site-A/c0", "site-A/c1", "site-A/c2", "site-A/unknownlab", "site-A/shifted", "site-A/corrupt"]
+    usable = manifest[~manifest["case_id"].isin({f.case_id for f in failures})]
+    assert usable["case_id"].tolist() == ["site-A/c0", "site-A/c1", "site-A/c2", "site-A/unknownlab", "site-A/shifted", "site-A/corrupt"]
+    # cases whose files are missing keep their rows and metadata (Table 1, completeness, their own groups)
+    assert {"site-A/c3", "site-A/nofiles"} <= set(manifest["case_id"])
+    missing_label = manifest.set_index("case_id").loc["site-A/c3"]
+    assert (missing_label["vendor"], missing_label["sex"], missing_label["race"], missing_label["age_years"]) == ("Siemens", "F", "White", 30.0)
     row = manifest.set_index("case_id").loc["site-A/c2"]
     assert (row["vendor"], row["field_strength"], row["sex"], row["race"], row["ethnicity"]) == ("Philips", "1.5T", "Other", "Unknown", "Unknown")
     assert row["age_years"] == 90.0 and bool(row["age_redacted"]) and row["age_years_raw"] == ">89"
@@ -112,7 +117,7 @@ def test_check_site_reports_errors_counts_and_labels(site):
     assert report.label_values[2][:2] == (5, 5)  # the corrupt case has a readable label and report.label_values[2][2] == "intervertebral_disc"
     assert report.counts["vendor"] == {"Siemens": 3, "GE": 1, "Philips": 1, "Other": 1}
     assert report.counts["field_strength"] == {"1.5T": 2, "3T": 4}
-    assert report.counts["age_band"] == {"40-60": 4, "60-75": 1, "75-120": 1}  # ages 45, 61, 90 (redacted), 50 x 3
+    assert report.counts["age_band"] == {"40-59": 4, "60-74": 1, "75+": 1}  # ages 45, 61, 90 (redacted), 50 x 3; the report's bands
     assert report.completeness["ethnicity"] == pytest.approx(2 / 6)
     text = report.render()
     for needle in ("cases found", "GeometryMismatchError", "Label values seen", "Cases by vendor", "Unmapped metadata values"):
