@@ -1,19 +1,27 @@
-"""Command-line interface: ``spine-audit run | demo | sites check | report | package | verify``.
+"""Command-line interface: ``spine-audit run | demo | sites check | report | package | verify | compare``.
 
-The only module that writes to the terminal; everything else logs.
+The only module that writes to the terminal; everything else logs. One error boundary (:func:`_errors`) wraps
+every command: a :class:`~audit.errors.UserError` (bad protocol, site config, model path, missing or unfinished
+run folder) or an ``OSError`` the user fixes (no permission, full or read-only disk) prints one line on stderr and
+exits 2; any other exception is a bug and exits 1 with one line. ``--debug`` adds the traceback. Exit statuses:
+0 success, 1 problems found (``sites check``, ``verify``) or an internal error, 2 a user error, 3 an acceptance
+criterion failed or was inconclusive under ``--fail-on-criteria``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 import shlex
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,12 +29,59 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from audit.errors import EXIT_CRITERIA, EXIT_PROBLEMS, EXIT_USER_ERROR, IncompleteRunError, UserError, is_user_os_error
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="External-validation and fairness audits of spine MRI segmentation models.")
 sites_app = typer.Typer(no_args_is_help=True, help="Inspect site data before an audit.")
 app.add_typer(sites_app, name="sites")
 console = Console(stderr=False)
 
 _STAGE_LABELS = {"sites": "Reading sites", "checks": "Checking cases", "inference": "Segmenting", "metrics": "Computing metrics", "stats": "Statistics", "report": "Writing report"}
+#: Stages after which acceptance criteria have been judged (``--fail-on-criteria`` needs one of them).
+_JUDGED_STAGES = ("stats", "report")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DEBUG_HELP = "On an error, also print the Python traceback."
+_VERBOSE_HELP = "Debug logging."
+_QUIET_HELP = "No progress bars."
+_DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
+_FAIL_HELP = "Exit with status 3 when any acceptance criterion fails or is inconclusive (for pipelines)."
+_KEY_HELP = "File holding a secret key (at least 16 bytes): SHA256SUMS is signed (package) or the signature checked (verify) with HMAC-SHA256."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _error_line(exc: BaseException) -> tuple[int, str]:
+    """Exit status and the one line shown for an exception that ended a command."""
+    if isinstance(exc, UserError):
+        return EXIT_USER_ERROR, f"Error: {_one_line(exc)}"
+    if is_user_os_error(exc):
+        assert isinstance(exc, OSError)
+        where = f" {exc.filename}" if exc.filename else ""
+        return EXIT_USER_ERROR, f"Error: cannot write{where}: {exc.strerror or exc} (check the folder's permissions and free disk space, or choose another with --out)"
+    return EXIT_PROBLEMS, f"Internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in spine-audit; rerun with --debug and report the traceback)"
+
+
+def _errors(command: F) -> F:
+    """The error boundary of a command: one line on stderr and exit 2 for user errors, traceback with ``--debug``."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # the one boundary: every exception becomes one line and an exit status
+            code, line = _error_line(exc)
+            if kwargs.get("debug"):
+                traceback.print_exc(file=sys.stderr)
+            typer.echo(line, err=True)
+            raise typer.Exit(code) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -43,23 +98,59 @@ def _default_run_dir(name: str) -> Path:
     return Path("reports") / f"{slug}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _run(protocol_path: Path | None, protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool, from_stage: str = "sites") -> None:
-    from audit.pipeline import run_audit
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders that creating ``path`` (with its parents) would create, deepest first."""
+    out: list[Path] = []
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        out.append(current)
+        current = current.parent
+    return out
 
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders this invocation created (deepest first) while they are empty."""
+    for folder in created:
+        try:
+            if not folder.is_dir() or any(folder.iterdir()):
+                return
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _run(
+    protocol, run_dir: Path, device: str, workers: int, until: str, quiet: bool, fail_on_criteria: bool, from_stage: str = "sites"
+) -> None:
+    """Run the pipeline with progress bars, print the summary, and exit 3 on unmet criteria when asked."""
+    from audit.pipeline import STAGES, run_audit
+
+    for option, value in (("--until", until), ("--from", from_stage)):
+        if value not in STAGES:
+            raise UserError(f"{option}: allowed values are {list(STAGES)}; found {value!r}")
+    if workers < 1:
+        raise UserError(f"--workers: must be at least 1; found {workers}")
+    if fail_on_criteria and until not in _JUDGED_STAGES:
+        raise UserError(f"--fail-on-criteria: the criteria are judged in the stats stage; use --until stats or report, not {until!r}")
     command = "spine-audit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with Progress(
-        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, disable=quiet, transient=False
-    ) as bar:
-        tasks: dict[str, int] = {}
+    created = _missing_folders(run_dir)
+    try:
+        with Progress(
+            TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, disable=quiet, transient=False
+        ) as bar:
+            tasks: dict[str, int] = {}
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(_STAGE_LABELS.get(stage, stage), total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(_STAGE_LABELS.get(stage, stage), total=max(total, 1))
+                bar.update(tasks[stage], completed=done, total=max(total, 1))
 
-        summary = run_audit(
-            protocol, run_dir=run_dir, device=device, workers=workers, until=until, from_stage=from_stage, progress=progress, command=command
-        )
+            summary = run_audit(
+                protocol, run_dir=run_dir, device=device, workers=workers, until=until, from_stage=from_stage, progress=progress, command=command
+            )
+    except BaseException:
+        _remove_if_empty(created)  # no empty run folder left behind
+        raise
     console.print(f"[bold]Run folder:[/bold] {summary.run_dir}")
     console.print(f"Cases: {summary.n_cases}   failed: {summary.n_failed}   time: {summary.duration_s:.1f} s")
     if summary.acceptance:
@@ -74,48 +165,47 @@ def _run(protocol_path: Path | None, protocol, run_dir: Path, device: str, worke
         console.print(f"[bold]Results:[/bold] {summary.results_path}")
     if summary.report_path:
         console.print(f"[bold]Report:[/bold]  {summary.report_path}")
+    not_passed = [f"{cid} {status}" for cid, status in summary.acceptance if status != "pass"]
+    if fail_on_criteria and not_passed:
+        typer.echo(f"Acceptance criteria not met: {', '.join(not_passed)} (exit status {EXIT_CRITERIA}, --fail-on-criteria)", err=True)
+        raise typer.Exit(EXIT_CRITERIA)
 
 
 @app.command()
+@_errors
 def run(
-    protocol: Path = typer.Argument(..., exists=True, dir_okay=False, help="Protocol YAML file."),
+    protocol: Path = typer.Argument(..., help="Protocol YAML file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/<name>-<time>)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    workers: int = typer.Option(1, min=1, help="Parallel workers for loading and metrics."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    workers: int = typer.Option(1, help="Parallel workers for loading and metrics (at least 1)."),
     until: str = typer.Option("report", help="Last stage: sites, checks, inference, metrics, stats, report."),
-    from_stage: str = typer.Option("sites", "--from", help="First stage; later stages reuse the run folder's earlier outputs."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    from_stage: str = typer.Option("sites", "--from", help="First stage; later stages reuse the run folder's earlier outputs (needs --out)."),
+    fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Run the audit a protocol file pre-registers."""
-    from audit.fileio import LockedError
-    from audit.protocol import ProtocolError, load_protocol
-    from audit.runfolder import RunFolderError
+    from audit.protocol import load_protocol
 
     _setup_logging(verbose)
-    try:
-        proto = load_protocol(protocol)
-    except ProtocolError as exc:
-        console.print(f"[red]Invalid protocol:[/red] {exc}")
-        raise typer.Exit(2) from None
+    proto = load_protocol(protocol)
     if out is None and from_stage != "sites":
-        console.print("[red]--from needs --out:[/red] the run folder whose earlier outputs it reuses")
-        raise typer.Exit(2)
-    try:
-        _run(protocol, proto, out or _default_run_dir(proto.name), device, workers, until, quiet, from_stage)
-    except (RunFolderError, LockedError) as exc:
-        console.print(f"[red]Cannot run:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise UserError("--from: needs --out, the run folder whose earlier outputs it reuses")
+    _run(proto, out or _default_run_dir(proto.name), device, workers, until, quiet, fail_on_criteria, from_stage)
 
 
 @app.command()
+@_errors
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default reports/demo-<time>)."),
-    cases: Optional[int] = typer.Option(None, "--cases", "-n", min=8, help="Number of synthetic cases (default: the demo protocol's)."),
+    cases: Optional[int] = typer.Option(None, "--cases", "-n", help="Number of synthetic cases, at least 8 (default: the demo protocol's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Cohort seed (default: the demo protocol's)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Audit the packaged demo model on a generated synthetic multi-site cohort and write a report."""
     import dataclasses
@@ -123,13 +213,19 @@ def demo(
     from audit.protocol import load_protocol
 
     _setup_logging(verbose)
+    if cases is not None and cases < 8:
+        raise UserError(f"--cases: must be at least 8 (two per site); found {cases}")
     proto = load_protocol(demo_protocol_path())
     cohort = proto.synthetic_cohort
     assert cohort is not None  # the demo protocol always has one
     cohort = dataclasses.replace(cohort, n_cases=cases or cohort.n_cases, seed=cohort.seed if seed is None else seed)
     proto = dataclasses.replace(proto, synthetic_cohort=cohort)
     start = time.perf_counter()
-    _run(None, proto, out or _default_run_dir("demo"), device, 1, "report", quiet)
+    try:
+        _run(proto, out or _default_run_dir("demo"), device, 1, "report", quiet, fail_on_criteria)
+    except typer.Exit:
+        console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
+        raise
     console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
 
 
@@ -139,10 +235,12 @@ def demo_protocol_path() -> Path:
 
 
 @sites_app.command("check")
+@_errors
 def sites_check(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Site config YAML."),
-    protocol: Path | None = typer.Option(None, "--protocol", exists=True, dir_okay=False, help="Protocol whose age bands to count (default bands otherwise)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Path = typer.Argument(..., help="Site config YAML."),
+    protocol: Optional[Path] = typer.Option(None, "--protocol", help="Protocol whose age bands to count (default bands otherwise)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Report what a data manager needs before an audit; exit status 1 when there are errors."""
     from audit.protocol import load_protocol
@@ -150,28 +248,42 @@ def sites_check(
     from audit.sites import check_site, load_site_config
 
     _setup_logging(verbose)
-    try:
-        cfg = load_site_config(config)
-        edges = load_protocol(protocol).subgroups.age_bands if protocol else DEFAULT_AGE_BAND_EDGES
-    except (ValueError, KeyError) as exc:
-        console.print(f"[red]Invalid site config or protocol:[/red] {exc}")
-        raise typer.Exit(2) from None
+    cfg = load_site_config(config)
+    edges = load_protocol(protocol).subgroups.age_bands if protocol else DEFAULT_AGE_BAND_EDGES
     report = check_site(cfg, age_band_edges=edges)
     console.print(report)
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+def _run_folder(run_dir: Path, needs: tuple[str, ...], command: str) -> Path:
+    """A run folder that holds ``needs``; an :class:`IncompleteRunError` that says what to do otherwise."""
+    if not run_dir.is_dir():
+        state = "is not a folder" if run_dir.exists() else "does not exist"
+        raise IncompleteRunError(f"run folder {str(run_dir)!r} {state} (give the --out folder of a `spine-audit run`)")
+    missing = [name for name in needs if not (run_dir / name).is_file()]
+    if missing:
+        raise IncompleteRunError(
+            f"run folder {str(run_dir)!r} lacks {missing}: the run did not finish (or stopped early with --until); "
+            f"finish it with `spine-audit run PROTOCOL --out {run_dir}` before `spine-audit {command}`"
+        )
+    return run_dir
 
 
 @app.command()
+@_errors
 def report(
-    run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A run folder with results.json."),
+    run_dir: Path = typer.Argument(..., help="A run folder with results.json."),
     pdf: bool = typer.Option(False, "--pdf", help="Also print report.pdf through headless Chromium (must be installed)."),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Re-render report.html from a run folder (and report.pdf with --pdf)."""
     from audit.report import render_report
     from audit.report.pdf import ChromiumNotFound, print_pdf
+    from audit.runfolder import MANIFEST, METRICS, RESULTS
 
     _setup_logging(False)
+    _run_folder(run_dir, (RESULTS, MANIFEST, METRICS), "report")
     html = render_report(run_dir)
     console.print(f"[bold]Report:[/bold] {html}")
     if pdf:
@@ -183,37 +295,57 @@ def report(
 
 
 @app.command()
+@_errors
 def package(
-    run_dir: Path = typer.Argument(..., exists=True, file_okay=False),
+    run_dir: Path = typer.Argument(..., help="A finished run folder (with report.html)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Zip path (default <run>/evidence-package.zip)."),
+    key: Optional[Path] = typer.Option(None, "--key", help=_KEY_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Write the evidence package (report, results, tables, protocol, de-identified manifest, checksums)."""
     from audit.report import build_package
+    from audit.report.package import REQUIRED_FILES, read_key
 
     _setup_logging(False)
-    console.print(f"[bold]Evidence package:[/bold] {build_package(run_dir, out)}")
+    _run_folder(run_dir, REQUIRED_FILES, "package")
+    if out is not None and not out.absolute().parent.is_dir():
+        raise UserError(f"--out: folder {str(out.absolute().parent)!r} does not exist")
+    secret = read_key(key) if key is not None else None
+    console.print(f"[bold]Evidence package:[/bold] {build_package(run_dir, out, key=secret)}")
 
 
 @app.command()
-def verify(zip_path: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+@_errors
+def verify(
+    zip_path: Path = typer.Argument(..., help="An evidence package (zip) written by `spine-audit package`."),
+    key: Optional[Path] = typer.Option(None, "--key", help=_KEY_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
     """Check an evidence package's checksums and contents; exit status 1 when anything is wrong."""
     from audit.report import verify_package
+    from audit.report.package import read_key
 
     _setup_logging(False)
-    result = verify_package(zip_path)
+    if not zip_path.is_file():
+        state = "is not a file" if zip_path.exists() else "does not exist"
+        raise UserError(f"evidence package {str(zip_path)!r} {state}")
+    secret = read_key(key) if key is not None else None
+    result = verify_package(zip_path, key=secret)
     if result.ok:
-        console.print(f"[green]OK[/green]: {zip_path}")
+        console.print(f"[green]OK[/green]: {zip_path} ({result.signature})")
         return
     for problem in result.problems:
-        console.print(f"[red]problem:[/red] {problem}")
-    raise typer.Exit(1)
+        console.print(f"[red]problem:[/red] {problem}", soft_wrap=True)
+    raise typer.Exit(EXIT_PROBLEMS)
 
 
 @app.command()
+@_errors
 def compare(
-    runs: list[Path] = typer.Argument(..., exists=True, file_okay=False, help="Two or more run folders of the same protocol and cases; the first is the baseline."),
+    runs: list[Path] = typer.Argument(..., help="Two or more run folders of the same protocol and cases; the first is the baseline."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file for the comparison table."),
     references: bool = typer.Option(False, "--references", help="The runs score one model against different reference label sets."),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Paired comparison of models (or of reference standards) on the same cases."""
     from audit.protocol import load_protocol
@@ -221,10 +353,11 @@ def compare(
 
     _setup_logging(False)
     if len(runs) < 2:
-        console.print("[red]compare needs at least two run folders[/red]")
-        raise typer.Exit(2)
-    from audit.runfolder import PROTOCOL, RunFolder
+        raise UserError(f"compare needs at least two run folders; found {len(runs)}")
+    from audit.runfolder import MANIFEST, METRICS, PROTOCOL, RunFolder
 
+    for run_folder in runs:
+        _run_folder(run_folder, (PROTOCOL, METRICS, MANIFEST), "compare")
     protocol = load_protocol(RunFolder(runs[0]).path(PROTOCOL))
     tables = {}
     for run in runs:
@@ -249,5 +382,10 @@ def compare(
         console.print(f"[bold]Comparison table:[/bold] {out}")
 
 
+def main() -> None:
+    """Entry point of ``python -m audit`` and ``python -m audit.cli``."""
+    app(prog_name="spine-audit")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

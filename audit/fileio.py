@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from audit.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FolderLock", "LockedError", "atomic_write", "atomic_write_text", "pid_alive"]
@@ -107,7 +109,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-class LockedError(RuntimeError):
+class LockedError(UserError, RuntimeError):
     """The folder is locked by another (live, or not checkable) process."""
 
 

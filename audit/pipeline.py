@@ -24,9 +24,10 @@ import yaml
 from audit import study
 from audit.evaluate import EvaluationSettings, metric_names, not_annotated
 from audit.execution import map_cases
+from audit.harmonize.privacy import scrub_case_paths
 from audit.metric_cache import evaluate_case_cached
 from audit.metrics import EmptyPolicy, metric_spec
-from audit.protocol import Protocol, protocol_to_dict
+from audit.protocol import Protocol, protocol_to_dict, validate_against_manifest, validate_inputs
 from audit.records import MANIFEST_COLUMNS, CaseFailure, failed_case_rows
 from audit.results import results_document
 from audit.runfolder import STAGES, RunFolder
@@ -151,6 +152,13 @@ def _evaluation_settings(protocol: Protocol) -> EvaluationSettings:
     )
 
 
+def _write_failures(ctx: StageContext, stage: str, failures: Sequence[CaseFailure], manifest: pd.DataFrame) -> None:
+    """Record a stage's failures, file paths of pseudonymizing sites' cases replaced by ``<case_id role>``."""
+    hidden = [name for name, c in _site_configs(ctx).items() if c.option("pseudonymize", False)]
+    scrubbed, _ = scrub_case_paths(failures, pd.DataFrame(), manifest, hidden)
+    ctx.folder.write_failures(stage, scrubbed)
+
+
 def _failed_ids(failures: Sequence[CaseFailure]) -> set[str]:
     return {f.case_id for f in failures}
 
@@ -170,7 +178,7 @@ def stage_sites(ctx: StageContext) -> dict[str, Any]:
         failures = [dataclasses.replace(f, case_id=renamed.get(id(f), f.case_id)) for f in failures]
         manifest = pd.concat([manifest, extra], ignore_index=True)
     ctx.folder.write_manifest(manifest)
-    ctx.folder.write_failures("sites", failures)
+    _write_failures(ctx, "sites", failures, manifest)
     ctx.progress("sites", 1, 1)
     logger.info("manifest: %d cases from %d sites, %d adapter failures", len(manifest), len(configs), len(failures))
     return {"cohort": _cohort_settings(ctx.protocol)}
@@ -181,13 +189,14 @@ def stage_checks(ctx: StageContext) -> None:
     from audit.harmonize.checks import check_case
 
     manifest, failed = ctx.folder.read_manifest(), _failed_ids(ctx.folder.read_failures(before="checks"))
+    validate_against_manifest(ctx.protocol, manifest)  # subgroup columns and groups exist: after sites, before inference
     site_maps = _site_label_maps(ctx)
     failures: list[CaseFailure] = []
     rows = [r for r in manifest.itertuples(index=False) if r.case_id not in failed]
     for i, r in enumerate(rows):
         failures.extend(check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site).failures)
         ctx.progress("checks", i + 1, len(rows))
-    ctx.folder.write_failures("checks", failures)
+    _write_failures(ctx, "checks", failures, manifest)
 
 
 def model_identity(model: Any) -> dict[str, Any]:
@@ -226,7 +235,7 @@ def stage_inference(ctx: StageContext) -> None:
     manifest["prediction_path"] = manifest["case_id"].map(predictions)
     ctx.folder.write_manifest(manifest)
     ctx.folder.write_model(model_identity(model))
-    ctx.folder.write_failures("inference", failures)
+    _write_failures(ctx, "inference", failures, manifest)
 
 
 def stage_metrics(ctx: StageContext) -> None:
@@ -274,7 +283,9 @@ def stage_metrics(ctx: StageContext) -> None:
         scored[cid] if cid in scored else failed_case_rows(cid, settings.structures, settings.metrics, "; ".join(errors[cid]), not_assessed=skipped(site))
         for cid, site in zip(manifest["case_id"], manifest["site"])
     ]
-    folder.write_metrics(pd.concat(frames, ignore_index=True))
+    hidden = [name for name, c in configs.items() if c.option("pseudonymize", False)]
+    failures, metric_table = scrub_case_paths(failures, pd.concat(frames, ignore_index=True), manifest, hidden)
+    folder.write_metrics(metric_table)
     folder.write_failures("metrics", failures)
 
 
@@ -376,6 +387,7 @@ def run_audit(
         if value not in STAGES:
             raise ValueError(f"{option}: allowed values are {list(STAGES)}; found {value!r}")
     t0 = time.perf_counter()
+    validate_inputs(protocol)  # model path, site configs, roots, environment variables: before anything is written
     folder = RunFolder(run_dir)
     ctx = StageContext(protocol=protocol, folder=folder, device=device, workers=workers, progress=progress or _noop, command=command)
     with folder.lock():

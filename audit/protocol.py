@@ -6,8 +6,10 @@ protocol's canonical form (defaults filled, keys sorted, compact JSON) goes into
 runs with the same hash were pre-registered identically.
 
 The ``sites`` and ``model`` sections are kept as validated-later mappings: their schemas belong to
-:mod:`audit.sites` and :mod:`audit.inference`, which check them with the same style of errors when
-the pipeline starts (:func:`audit.pipeline.resolve_protocol`).
+:mod:`audit.sites` and :mod:`audit.inference`. :func:`validate_inputs` checks them against the file system
+before the run folder is created, and :func:`validate_against_manifest` checks the columns the protocol names
+right after the sites stage (both in :mod:`audit.protocol_checks`). YAML duplicate keys are refused
+(:mod:`audit.yamlio`); numbers must be finite (``.nan`` and ``.inf`` are refused everywhere).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import datetime
 import hashlib
 import json
 import logging
+import math
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -26,7 +30,10 @@ from typing import Any, Literal, Union
 import yaml
 
 from audit import ontology
+from audit.errors import ProtocolError
+from audit.protocol_checks import check_names, validate_against_manifest, validate_inputs
 from audit.records import DEFAULT_AGE_BAND_EDGES
+from audit.yamlio import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +52,10 @@ __all__ = [
     "protocol_from_dict",
     "protocol_to_dict",
     "protocol_sha256",
+    "canonical_sha256",
+    "validate_inputs",
+    "validate_against_manifest",
 ]
-
-
-class ProtocolError(ValueError):
-    """A protocol file that does not follow the schema; the message names the field path."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +195,17 @@ class Protocol:
 # Generic strict conversion of plain YAML data into the dataclasses above.
 
 
+#: Largest protocol file read (a protocol is a few kilobytes).
+MAX_PROTOCOL_BYTES = 1 << 20
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 5, 5, 5, 40, 40
+
+
+def _show(value: Any) -> str:
+    """A bounded repr of a value found in a protocol (a hostile value can be huge)."""
+    return _REPR.repr(value)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -209,7 +226,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return value
     if origin is Literal:
         if value not in args:
-            raise ProtocolError(f"{path}: allowed values are {list(args)}; found {value!r}")
+            raise ProtocolError(f"{path}: allowed values are {list(args)}; found {_show(value)}")
         return value
     if origin in (Union, types.UnionType):
         errors = []
@@ -218,37 +235,39 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 return _convert(value, option, path)
             except ProtocolError as exc:
                 errors.append(str(exc))
-        raise ProtocolError(f"{path}: expected {_type_name(tp)}; found {value!r}")
+        raise ProtocolError(f"{path}: expected {_type_name(tp)}; found {_show(value)}")
     if tp is type(None):
         if value is not None:
-            raise ProtocolError(f"{path}: expected null; found {value!r}")
+            raise ProtocolError(f"{path}: expected null; found {_show(value)}")
         return None
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ProtocolError(f"{path}: expected true or false; found {value!r}")
+            raise ProtocolError(f"{path}: expected true or false; found {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ProtocolError(f"{path}: expected an integer; found {value!r}")
+            raise ProtocolError(f"{path}: expected an integer; found {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProtocolError(f"{path}: expected a number; found {value!r}")
+            raise ProtocolError(f"{path}: expected a number; found {_show(value)}")
+        if not math.isfinite(value):
+            raise ProtocolError(f"{path}: expected a finite number; found {_show(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ProtocolError(f"{path}: expected a string; found {value!r}")
+            raise ProtocolError(f"{path}: expected a string; found {_show(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ProtocolError(f"{path}: expected a list; found {value!r}")
+            raise ProtocolError(f"{path}: expected a list; found {_show(value)}")
         item_tp = args[0]
         return tuple(_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
     if origin in (Mapping, dict):
         if not isinstance(value, Mapping):
-            raise ProtocolError(f"{path}: expected a mapping; found {value!r}")
+            raise ProtocolError(f"{path}: expected a mapping; found {_show(value)}")
         key_tp, val_tp = args
         return types.MappingProxyType(
             {_convert(k, key_tp, f"{path}"): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
@@ -259,7 +278,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 def _build(cls: type, data: Any, path: str) -> Any:
     where = path or "protocol"
     if not isinstance(data, Mapping):
-        raise ProtocolError(f"{where}: expected a mapping; found {data!r}")
+        raise ProtocolError(f"{where}: expected a mapping; found {_show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
     unknown = sorted(set(data) - set(fields))
@@ -294,6 +313,7 @@ _METADATA_AXES = ("site", "vendor", "field_strength", "sex", "race", "ethnicity"
 
 
 def _check_semantics(protocol: Protocol) -> None:
+    check_names(protocol)  # metric names, duplicates, resample bounds, identifier columns (audit.protocol_checks)
     if not protocol.structures:
         raise ProtocolError("structures: at least one structure is required")
     for i, name in enumerate(protocol.structures):
@@ -373,16 +393,19 @@ def protocol_from_dict(data: Mapping[str, Any], *, base_dir: str | Path = ".") -
 
 
 def load_protocol(path: str | Path) -> Protocol:
-    """Read and validate a protocol YAML file (``yaml.safe_load``)."""
+    """Read and validate a protocol YAML file (a safe loader that refuses duplicate keys, :mod:`audit.yamlio`)."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_PROTOCOL_BYTES:
+            raise ProtocolError(f"protocol file {str(path)!r} has {size:,} bytes; a protocol is at most {MAX_PROTOCOL_BYTES:,}")
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"protocol file {str(path)!r} cannot be read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ProtocolError(f"protocol file {str(path)!r} is not valid YAML: {exc}") from None
+        raise ProtocolError(f"protocol file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, Mapping):
         raise ProtocolError(f"protocol file {str(path)!r}: expected a mapping at the top level; found {type(data).__name__}")
     return protocol_from_dict(data, base_dir=path.resolve().parent)
@@ -395,5 +418,14 @@ def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
 
 def protocol_sha256(protocol: Protocol) -> str:
     """sha256 of the canonical JSON form (sorted keys, compact separators, UTF-8)."""
-    blob = json.dumps(protocol_to_dict(protocol), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical_sha256(protocol_to_dict(protocol))
+
+
+def canonical_sha256(data: Mapping[str, Any]) -> str:
+    """sha256 of plain protocol data in canonical JSON form; equals :func:`protocol_sha256` for the canonical form.
+
+    The ``protocol.yaml`` of a run folder is the canonical form, so this checks it without validating it again
+    (``spine-audit verify`` compares it with ``protocol_sha256`` in results.json).
+    """
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

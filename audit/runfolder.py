@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit.errors import UserError
 from audit.fileio import FolderLock, atomic_write, atomic_write_text
 from audit.records import FAILURE_COLUMNS, CaseFailure, failure_table, validate_manifest, validate_metric_table
 
@@ -79,7 +80,7 @@ STAGE_OUTPUTS: Mapping[str, tuple[str, ...]] = {
 }
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """A run folder cannot be used as asked (missing earlier outputs, another protocol, locked)."""
 
 

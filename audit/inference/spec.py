@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from audit.errors import ModelSpecError
 from audit.harmonize.intensity import IntensitySpec, intensity_spec_from
 from audit.harmonize.labels import resolve_label_map
 from audit.ontology import LabelMap
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_KINDS",
+    "ModelSpecError",
     "DEVICES",
     "BUILTIN_MODELS",
     "NetworkSpec",
@@ -183,8 +185,8 @@ def load_model_card(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def _err(field: str, allowed: str, found: Any) -> ValueError:
-    return ValueError(f"model.{field}: {allowed}; found {found!r}")
+def _err(field: str, allowed: str, found: Any) -> ModelSpecError:
+    return ModelSpecError(f"model.{field}: {allowed}; found {found!r}")
 
 
 def _int_tuple(value: Any, field: str, n: int = 3) -> tuple[int, ...]:
@@ -198,7 +200,7 @@ def _parse_labels(value: Any) -> LabelMap:
         try:
             return resolve_label_map(value, name="model")
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"model.labels: {exc.args[0]}") from None
+            raise ModelSpecError(f"model.labels: {exc.args[0]}") from None
     raise _err("labels", "expected a label-map name, a mapping {value: structure} or {values: {...}, ignore: [...]}", value)
 
 
@@ -298,15 +300,15 @@ def model_spec_from_dict(d: Mapping[str, Any], *, base_dir: Path) -> ModelSpec:
 
     Raises
     ------
-    ValueError
-        Naming the field path, the allowed values and the value found.
+    ModelSpecError
+        (a ``ValueError``) naming the field path, the allowed values and the value found.
     """
     if not isinstance(d, Mapping):
-        raise ValueError(f"model: expected a mapping; found {type(d).__name__}")
+        raise ModelSpecError(f"model: expected a mapping; found {type(d).__name__}")
     d, card_dir = _resolve_builtin(d)
     extra = sorted(set(d) - _SPEC_KEYS - _CARD_KEYS)
     if extra:
-        raise ValueError(f"model: unknown keys {extra}; allowed {sorted(_SPEC_KEYS)}")
+        raise ModelSpecError(f"model: unknown keys {extra}; allowed {sorted(_SPEC_KEYS)}")
     kind = d.get("kind")
     if kind not in MODEL_KINDS:
         raise _err("kind", f"allowed values {list(MODEL_KINDS)}", kind)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from audit.errors import SiteDataError
 from audit.records import CaseFailure
 
 if TYPE_CHECKING:
@@ -47,10 +48,6 @@ COMMON_OPTIONS: frozenset[str] = frozenset({"pseudonymize", "extra_columns", "on
 #: Values of the ``symlinks`` option: a symbolic link whose target lies outside the site root is refused (a
 #: per-case ``PathOutsideRootError``) or allowed and logged.
 SYMLINK_POLICIES: tuple[str, ...] = ("refuse", "allow")
-
-
-class SiteDataError(ValueError):
-    """A problem with a whole site (missing metadata file, a mapped column absent), not with one case."""
 
 
 @dataclasses.dataclass(frozen=True)

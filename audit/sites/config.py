@@ -13,10 +13,12 @@ from typing import Any
 
 import yaml
 
+from audit.errors import SiteConfigError
 from audit.harmonize.labels import resolve_label_map
 from audit.harmonize.metadata import RAW_KEYS
 from audit.ontology import LabelMap, is_annotated, structure
 from audit.sites.base import COMMON_OPTIONS, SYMLINK_POLICIES, check_relative_pattern, get_adapter
+from audit.yamlio import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +26,6 @@ __all__ = ["SiteConfig", "SiteConfigError", "load_site_config"]
 
 _TOP_KEYS = ("name", "format", "root", "label_map", "annotates", "options", "defaults")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-class SiteConfigError(ValueError):
-    """A site config that does not follow the schema; the message names the field path."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +111,12 @@ def _read_source(source: str | Path | Mapping[str, Any], base_dir: Path | None) 
         return data, base, None
     path = Path(source)
     if not path.is_file():
-        raise SiteConfigError(f"site config: file {path} not found")
-    with path.open(encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
+        raise SiteConfigError(f"site config: file {path} {'is not a file' if path.exists() else 'not found'}")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = load_yaml(handle)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SiteConfigError(f"site config {path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, Mapping):
         raise SiteConfigError(f"site config {path}: expected a mapping at the top level; found {type(data).__name__}")
     return dict(data), (Path(base_dir) if base_dir is not None else path.parent).resolve(), path.resolve()

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from audit.harmonize.metadata import RAW_KEYS, MetadataError, harmonize_metadata, is_missing
-from audit.harmonize.privacy import PrivacyError, assert_no_identifiers, pseudonymize
+from audit.harmonize.privacy import PrivacyError, assert_no_identifiers, pseudonymize, pseudonymous_failure, pseudonymous_local_id
 from audit.records import MANIFEST_COLUMNS, METADATA_COLUMNS, CaseFailure, ManifestRow, validate_manifest
 from audit.sites.base import PathOutsideRootError, RawCase, check_case_id, get_adapter
 from audit.sites.config import SiteConfig
@@ -55,8 +55,10 @@ def manifest_row(config: SiteConfig, case: RawCase) -> ManifestRow:
         meta = harmonize_metadata({**raw, "age": None, "age_redacted": None}, warnings=warnings)
         meta["age_years_raw"] = None if raw.get("age") is None else str(raw.get("age"))
     patient = case.patient_id if case.patient_id and not is_missing(case.patient_id) else case.local_id
+    local_id = case.local_id
     if config.option("pseudonymize", False):
         patient = pseudonymize(str(patient), namespace=config.name)
+        local_id = pseudonymous_local_id(case.local_id, site=config.name)
     if case.extra:
         assert_no_identifiers(case.extra, where=f"site {config.name!r} extra columns")
     extra = {
@@ -67,7 +69,7 @@ def manifest_row(config: SiteConfig, case: RawCase) -> ManifestRow:
         **dict(case.extra),
     }
     return ManifestRow(
-        case_id=f"{config.name}/{case.local_id}",
+        case_id=f"{config.name}/{local_id}",
         site=config.name,
         patient_id=str(patient),
         image_path=str(case.image_path),
@@ -96,29 +98,33 @@ def iter_site(config: SiteConfig, *, failed_rows: bool = False) -> Iterator[Mani
     """
     adapter = get_adapter(config.format)
     seen: set[str] = set()
+    hide = bool(config.option("pseudonymize", False))  # then no raw case id leaves, not even in a failure
     for item in adapter.iter_cases(config):
         if isinstance(item, CaseFailure):
-            yield item
+            yield pseudonymous_failure(item, config.name) if hide else item
             continue
         case_id = f"{config.name}/{item.local_id}"
         try:  # every adapter's ids: a local id also names prediction files, so it must be a safe relative path
             check_case_id(item.local_id)
         except PathOutsideRootError as exc:
-            yield CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            failure = CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            yield pseudonymous_failure(failure, config.name) if hide else failure
             continue
         if case_id in seen:
-            yield CaseFailure(case_id, "adapter", f"duplicate case id {case_id!r} in site {config.name!r}", "DuplicateCaseId", config.name)
+            failure = CaseFailure(case_id, "adapter", f"duplicate case id {case_id!r} in site {config.name!r}", "DuplicateCaseId", config.name)
+            yield pseudonymous_failure(failure, config.name) if hide else failure
             continue
         seen.add(case_id)
         try:
             row = manifest_row(config, item)
         except (MetadataError, PrivacyError) as exc:  # a case failed for its files reports that first
-            yield item.failure or CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            failure = item.failure or CaseFailure.from_exception(case_id, "adapter", exc, site=config.name)
+            yield pseudonymous_failure(failure, config.name) if hide else failure
             continue
         if item.failure is not None:
             if failed_rows:
                 yield row
-            yield item.failure
+            yield pseudonymous_failure(item.failure, config.name) if hide else item.failure
             continue
         yield row
 

@@ -48,7 +48,7 @@ def test_invalid_protocol_exits_2_with_the_reason(tmp_path, content):
     path = tmp_path / "p.yaml"
     path.write_text(content)
     result = CliRunner().invoke(app, ["run", str(path)])
-    assert result.exit_code == 2 and "Invalid protocol" in result.output
+    assert result.exit_code == 2 and result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1
 
 
 def test_run_the_shipped_demo_protocol_until_sites(tmp_path):

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from audit.protocol import load_protocol, protocol_from_dict, protocol_to_dict
+from audit.protocol import canonical_sha256, load_protocol, protocol_from_dict, protocol_to_dict
 from audit.report import write_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -262,6 +262,7 @@ def synthetic_run(
     protocol["report"]["worst_cases_per_group"] = 2
     if gallery_axes is not None:
         protocol["report"]["gallery_axes"] = list(gallery_axes)
+    protocol = protocol_to_dict(protocol_from_dict(protocol))  # the canonical form, as a run writes it
     (run_dir / "protocol.yaml").write_text(yaml.safe_dump(protocol, sort_keys=False), encoding="utf-8")
     manifest = _manifest(n_cases, sites, rng)
     triplets = [write_case_files(run_dir / "cohort", f"img{k}", shift=k % 3 + 1, seed=k) for k in range(images)]
@@ -290,7 +291,7 @@ def synthetic_run(
         "tool": {"name": "spine-audit", "version": "0.1.0", "python": "3.11.7", "packages": {"numpy": np.__version__, "pandas": pd.__version__}},
         "run": {"started": "2026-11-24T10:00:00+00:00", "finished": "2026-11-24T10:01:02+00:00", "duration_s": 62.345,
                 "command": "spine-audit run protocols/demo.yaml --out <run>", "host_cpu_count": 2},
-        "protocol": protocol, "protocol_sha256": "a" * 64,
+        "protocol": protocol, "protocol_sha256": canonical_sha256(protocol),
         "model": {"name": "demo <model>", "kind": "checkpoint", "sha256": "b" * 64, "labels": {str(i + 1): s for i, s in enumerate(STRUCTURES)}, "device": "cpu"},
         "data": {"manifest_sha256": manifest_sha256(pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False)), "n_cases": n_cases, "n_patients": int(manifest["patient_id"].nunique()), "n_sites": len(sites),
                  "n_failed_cases": 1, "synthetic": True, "synthetic_columns": ["sex", "race", "ethnicity", "age_years"]},

@@ -15,6 +15,7 @@ from report_builders import LEAKY_DIR, synthetic_run
 from typer.testing import CliRunner
 
 from audit.cli import app
+from audit.errors import IncompleteRunError
 from audit.report import build_package, verify_package
 
 
@@ -110,5 +111,65 @@ def test_verify_detects_a_swapped_manifest_even_with_consistent_checksums(synthe
 
 
 def test_build_package_names_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"lacks \['report.html'"):
+    with pytest.raises(IncompleteRunError, match=r"lacks \[.report.html."):
         build_package(synthetic_run(tmp_path / "run", images=0))
+
+
+# ---- protocol hash and HMAC signature -----------------------------------------------------------
+
+KEY = b"0123456789abcdef-test-signing-key"
+
+
+def test_an_edited_protocol_is_detected_even_with_consistent_checksums(synthetic_package, tmp_path):
+    _, zip_path = synthetic_package
+    forged = tmp_path / "forged-protocol.zip"
+    _rezip(zip_path, forged, lambda n, d: d.replace(b"threshold: 0.8", b"threshold: 0.5", 1) if n == "protocol.yaml" else d)
+    with zipfile.ZipFile(forged) as zf:
+        assert b"threshold: 0.5" in zf.read("protocol.yaml")
+    problems = verify_package(forged).problems
+    assert len(problems) == 1 and problems[0].startswith("protocol.yaml: canonical sha256 differs from results.json protocol_sha256"), problems
+
+
+@pytest.fixture(scope="module")
+def signed_package(synthetic_package, tmp_path_factory):
+    run, _ = synthetic_package
+    return build_package(run, tmp_path_factory.mktemp("signed") / "signed.zip", key=KEY)
+
+
+def test_a_signed_package_verifies_with_its_key_only(signed_package):
+    good = verify_package(signed_package, key=KEY)
+    assert good.ok and good.signature == "signature valid", good.problems
+    unchecked = verify_package(signed_package)
+    assert unchecked.ok and unchecked.signature == "signed, signature not checked (no key given)"
+    other = verify_package(signed_package, key=b"another-key-of-enough-length")
+    assert other.problems == ("SHA256SUMS.hmac-sha256: does not match SHA256SUMS under this key (the package changed after signing, or another key)",)
+
+
+def test_a_consistent_rehash_after_editing_is_detected_only_with_the_key(signed_package, tmp_path):
+    edited = tmp_path / "edited.zip"
+    _rezip(signed_package, edited, lambda n, d: d.replace(b"0.9", b"0.8", 1) if n == "metrics.csv" else d)
+    assert verify_package(edited).ok  # without the key a consistent re-hash cannot be told from the original
+    problems = verify_package(edited, key=KEY).problems
+    assert any(p.startswith("SHA256SUMS.hmac-sha256: does not match SHA256SUMS") for p in problems), problems
+    stripped = tmp_path / "stripped.zip"
+    with zipfile.ZipFile(signed_package) as zin, zipfile.ZipFile(stripped, "w") as zout:
+        for name in zin.namelist():
+            if name != "SHA256SUMS.hmac-sha256":
+                zout.writestr(name, zin.read(name))
+    assert verify_package(stripped, key=KEY).problems[0].startswith("SHA256SUMS.hmac-sha256: missing, but a key was given")
+
+
+def test_cli_package_and_verify_with_a_key_file(synthetic_package, tmp_path):
+    run, _ = synthetic_package
+    key_file = tmp_path / "audit.key"
+    key_file.write_bytes(KEY + b"\n")
+    out = tmp_path / "signed.zip"
+    runner = CliRunner()
+    assert runner.invoke(app, ["package", str(run), "--out", str(out), "--key", str(key_file)]).exit_code == 0
+    verified = runner.invoke(app, ["verify", str(out), "--key", str(key_file)])
+    assert verified.exit_code == 0 and "signature valid" in verified.output
+    key_file.write_bytes(b"short")
+    short = runner.invoke(app, ["verify", str(out), "--key", str(key_file)])
+    assert short.exit_code == 2 and short.stderr.splitlines() == [
+        f"Error: --key: key file '{key_file}' holds 5 bytes; at least 16 are needed (e.g. `head -c 32 /dev/urandom | base64 > audit.key`)"
+    ]

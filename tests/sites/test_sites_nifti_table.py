@@ -183,11 +183,13 @@ def test_pseudonymized_patient_ids_use_hmac(tmp_path, monkeypatch):
     config = load_site_config({"name": "A", "format": "nifti_table", "root": str(root), "options": {"pseudonymize": True}})
     manifest, _ = build_manifest([config])
     expected = hmac.new(b"secret", b"A/p0", hashlib.sha256).hexdigest()[:20]  # independent stdlib computation
-    assert manifest.loc[manifest.case_id == "A/c0", "patient_id"].item() == expected
-    assert "p0" not in set(manifest["patient_id"])
+    case_c0 = "A/c-" + hmac.new(b"secret", b"case:A/c0", hashlib.sha256).hexdigest()[:20]  # case ids too
+    assert manifest.loc[manifest.case_id == case_c0, "patient_id"].item() == expected
+    assert "p0" not in set(manifest["patient_id"]) and "A/c0" not in set(manifest["case_id"])
     monkeypatch.delenv("SPINE_AUDIT_PSEUDONYM_KEY")
     _, failures = build_manifest([config])
     assert {f.error_type for f in failures} >= {"PrivacyError"}
+    assert not any(f.case_id == "A/c0" or "c0" in f.error for f in failures if f.error_type == "PrivacyError")
 
 
 def test_duplicate_site_names_rejected(site):
