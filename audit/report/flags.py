@@ -81,7 +81,7 @@ def adjusted_flags(rows: Sequence[Mapping[str, Any]], cases: pd.DataFrame, warni
         if site_level.get(factor) or (level is not None and level in lonely.get(factor, set())):
             flags.append("confounded with site")
         finite = all(isinstance(row.get(k), (int, float)) and np.isfinite(row[k]) for k in ("estimate", "ci_low", "ci_high"))
-        if (site_level.get(factor) and spanned) or not finite or row.get("identifiable") is False:
+        if (site_level.get(factor) and spanned) or not finite or row.get("identifiable") is False or row.get("status") == "not identifiable":
             flags.append("non-identifiable")
         if (str(row.get("structure")), str(row.get("model"))) in unconverged or row.get("converged") is False:
             flags.append("not converged")
