@@ -20,6 +20,7 @@ from audit.stats.acceptance import (
 )
 from audit.stats.adjusted import ADJUSTED_COLUMNS, adjusted_effects
 from audit.stats.failures import combine_acceptance, impute_failures
+from audit.stats.families import FAMILIES, adjust_by_family, multiplicity_family
 from audit.stats.gaps import (
     EQUIVALENCE_COLUMNS,
     GAP_COLUMNS,
