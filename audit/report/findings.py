@@ -122,8 +122,9 @@ def _gap_sentence(i: int, r: Mapping[str, Any], axis: str, label: str, higher: b
     parts: list[str | Ref] = [
         f"{structure_label(r['structure']).capitalize()} {label} is ", Ref("statistics.gaps", i, "difference", r["metric"], scale), words,
         f" {who} than {than}",
-        *_interval("statistics.gaps", i, "diff_ci_low", "diff_ci_high", r["metric"], scale, level),
     ]
+    if r.get("diff_ci_low") is not None or r.get("diff_ci_high") is not None:  # small groups get no interval
+        parts += _interval("statistics.gaps", i, "diff_ci_low", "diff_ci_high", r["metric"], scale, level)
     if r.get("p_value") is None:
         minimum = stats.get("settings", {}).get("min_group_size")
         parts.append(f"; not tested: a group has fewer than {minimum} patients (descriptive only, {family} family).")

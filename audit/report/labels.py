@@ -14,6 +14,7 @@ __all__ = ["axis_label", "comparison_label", "metric_label", "structure_label", 
 _METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "hd": "HD", "hd95": "HD95", "assd": "ASSD", "dice_slicewise_cspineseg": "slice-averaged Dice"}
 _TESTS = {
     "welch": "Welch t-test",
+    "welch (site means)": "Welch t-test on site means",
     "mann_whitney": "Mann-Whitney U test",
     "permutation": "permutation test",
     "alexander_govern": "Alexander-Govern test (all groups)",
