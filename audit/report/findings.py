@@ -127,7 +127,9 @@ def _gap_sentence(i: int, r: Mapping[str, Any], axis: str, label: str, higher: b
         parts += _interval("statistics.gaps", i, "diff_ci_low", "diff_ci_high", r["metric"], scale, level)
     if r.get("p_value") is None:
         minimum = stats.get("settings", {}).get("min_group_size")
-        parts.append(f"; not tested: a group has fewer than {minimum} patients (descriptive only, {family} family).")
+        status = r.get("status")
+        reason = status if status not in (None, "tested", "not tested") else f"a group has fewer than {minimum} patients, descriptive only"
+        parts.append(f"; not tested: {reason} ({family} family).")
     else:
         parts += [f"; {readable_test(r.get('test'))}, adjusted p ", Ref("statistics.gaps", i, "p_adjusted", "p"),
                   f" ({'significant' if r.get('significant') else 'not significant'} within the {family} family)."]  # fmt: skip
