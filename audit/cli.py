@@ -317,16 +317,24 @@ def _run_folder(run_dir: Path, needs: tuple[str, ...], command: str) -> Path:
 @_errors
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder with results.json."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also print report.pdf through headless Chromium (must be installed)."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
-    """Re-render report.html from a run folder."""
+    """Re-render report.html from a run folder (and report.pdf with --pdf)."""
     from audit.report import render_report
-
-    _setup_logging(False)
+    from audit.report.pdf import ChromiumNotFound, print_pdf
     from audit.runfolder import MANIFEST, METRICS, RESULTS
 
+    _setup_logging(False)
     _run_folder(run_dir, (RESULTS, MANIFEST, METRICS), "report")
-    console.print(f"[bold]Report:[/bold] {render_report(run_dir)}")
+    html = render_report(run_dir)
+    console.print(f"[bold]Report:[/bold] {html}")
+    if pdf:
+        try:
+            console.print(f"[bold]PDF:[/bold] {print_pdf(html)}")
+        except (ChromiumNotFound, RuntimeError) as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
 
 
 @app.command()

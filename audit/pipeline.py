@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from audit.errors import UserError
+from audit import study
 from audit.evaluate import EvaluationSettings, metric_names, not_annotated
 from audit.execution import Executor, map_cases, open_executor
 from audit.harmonize.privacy import scrub_case_paths
@@ -375,12 +376,14 @@ def stage_stats(ctx: StageContext) -> None:
     manifest, metric_table, failures = folder.read_manifest(), folder.read_metrics(), folder.read_failures()
     names = _evaluation_settings(protocol).metrics
     manifest_banded = stats.add_age_band(manifest, protocol.subgroups.age_bands)
+    manifest_banded, subgroups = study.with_site_role(manifest_banded, protocol.subgroups, protocol.model)  # external vs training sites
     analysis = metric_table.merge(manifest_banded, on="case_id", how="left", validate="many_to_one")
     results = stats.analyze(
         analysis,
         structures=protocol.structures,
         metrics=names,
-        subgroups=protocol.subgroups,
+        subgroups=subgroups,
+        pre_registered_axes=protocol.subgroups.columns,
         statistics=protocol.statistics,
         acceptance=protocol.acceptance,
         higher_is_better=metric_directions(protocol, names),

@@ -15,6 +15,7 @@ right after the sites stage (both in :mod:`audit.protocol_checks`). YAML duplica
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ __all__ = [
     "AcceptanceCriterion",
     "ReportSettings",
     "VertebraSettings",
+    "StudySettings",
     "Protocol",
     "load_protocol",
     "protocol_from_dict",
@@ -170,6 +172,17 @@ class ReportSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class StudySettings:
+    """Study context shown at the top of the report (all optional): the intended use of the model, the reference
+    standard the masks come from, and when and where the protocol was registered (``registered``: ISO date)."""
+
+    intended_use: str = ""
+    reference_standard: str = ""
+    registered: str = ""
+    registry: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Protocol:
     """A validated audit protocol. Build it with :func:`load_protocol` or :func:`protocol_from_dict`."""
 
@@ -191,6 +204,7 @@ class Protocol:
     #: Where per-case work runs (:mod:`audit.execution`); not part of the sha256.
     execution: ExecutionSettings = dataclasses.field(default_factory=ExecutionSettings)
     vertebrae: VertebraSettings | None = None
+    study: StudySettings = dataclasses.field(default_factory=StudySettings)
     #: Per-file voxel and memory budget checked from each image header before its voxels are read.
     limits: ReadLimits = dataclasses.field(default_factory=ReadLimits)
     #: Folder of the protocol file; relative paths in ``sites`` and ``model`` resolve against it.
@@ -367,6 +381,11 @@ def _check_semantics(protocol: Protocol) -> None:
     for i, axis in enumerate(protocol.report.gallery_axes):
         if axis not in gallery_allowed:
             raise ProtocolError(f"report.gallery_axes[{i}]: allowed values are {list(dict.fromkeys(gallery_allowed))} (site and the subgroup columns); found {axis!r}")
+    if protocol.study.registered:
+        try:
+            datetime.date.fromisoformat(protocol.study.registered)
+        except ValueError:
+            raise ProtocolError(f"study.registered: expected an ISO date YYYY-MM-DD; found {protocol.study.registered!r}") from None
     edges = protocol.subgroups.age_bands
     if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ProtocolError(f"subgroups.age_bands: need at least two strictly increasing edges; found {list(edges)}")

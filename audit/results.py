@@ -15,15 +15,65 @@ from typing import Any
 
 import pandas as pd
 
-from audit import __version__, provenance
+from audit import __version__, provenance, study
 from audit.metrics import metric_spec
 from audit.protocol import Protocol, protocol_to_dict
 from audit.records import METADATA_COLUMNS, NOT_ASSESSED, CaseFailure, failure_table
 from audit.sites import metadata_warning_table
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "results_document"]
+__all__ = ["EXCLUDED_STAGES", "RESULTS_SCHEMA_VERSION", "participant_flow", "results_document", "study_section"]
 
 RESULTS_SCHEMA_VERSION = "1.0"
+
+#: Failure stages at which a case is *excluded* (its input data did not meet the requirements); failures at any
+#: other stage (inference, metrics) are *failed* cases: data about the model and the pipeline.
+EXCLUDED_STAGES = ("adapter", "harmonize")
+
+
+def participant_flow(manifest: pd.DataFrame, metric_table: pd.DataFrame, failures: Sequence[CaseFailure]) -> list[dict[str, Any]]:
+    """Cases found, excluded, failed and analysed per site, then a row ``site: "all"``.
+
+    A case is *found* when it has a manifest row (cases that failed before they had one get a row with Unknown
+    metadata, so they are found too), *excluded* when its first failure is at a stage of
+    :data:`EXCLUDED_STAGES`, *failed* when it failed at a later stage, and *analysed* otherwise (it has metric
+    rows that neither failed nor were not assessed). ``found = excluded + failed + analysed`` in every row.
+
+    Examples
+    --------
+    >>> from audit.records import CaseFailure
+    >>> m = pd.DataFrame({"case_id": ["a/1", "a/2", "a/3"], "site": ["a", "a", "a"]})
+    >>> t = pd.DataFrame({"case_id": ["a/1", "a/2", "a/3"], "status": ["ok", "failed", "failed"]})
+    >>> f = [CaseFailure("a/2", "adapter", "x", "E", "a"), CaseFailure("a/3", "inference", "y", "E", "a")]
+    >>> participant_flow(m, t, f)[0]
+    {'site': 'a', 'found': 3, 'excluded': 1, 'failed': 1, 'analysed': 1}
+    """
+    first_stage: dict[str, str] = {}
+    for f in failures:
+        first_stage.setdefault(f.case_id, f.stage)
+    analysed_ids = set(metric_table.loc[~metric_table["status"].isin(["failed", NOT_ASSESSED]), "case_id"])
+    cases = manifest.drop_duplicates("case_id")[["case_id", "site"]].copy()
+    cases["state"] = [
+        "analysed" if cid in analysed_ids else ("excluded" if first_stage.get(cid) in EXCLUDED_STAGES else "failed") for cid in cases["case_id"]
+    ]
+    rows = []
+    for site, sub in [*sorted(cases.groupby(cases["site"].astype(str)), key=lambda t: t[0]), ("all", cases)]:
+        counts = sub["state"].value_counts()
+        rows.append({"site": site, "found": len(sub), **{k: int(counts.get(k, 0)) for k in ("excluded", "failed", "analysed")}})
+    return rows
+
+
+def study_section(protocol: Protocol, manifest: pd.DataFrame) -> dict[str, Any]:
+    """Study context for results.json: the protocol's ``study`` settings, the model card and the training overlap."""
+    card = study.model_card(protocol.model)
+    return {
+        "description": protocol.description.strip(),
+        "intended_use": protocol.study.intended_use.strip() or None,
+        "reference_standard": protocol.study.reference_standard.strip() or None,
+        "registered": protocol.study.registered or None,
+        "registry": protocol.study.registry.strip() or None,
+        "model_card": card,
+        "overlap": study.training_overlap(card, manifest),
+    }
 
 
 def _definition(name: str, protocol: Protocol) -> dict[str, Any]:
@@ -79,7 +129,7 @@ def results_document(
         "model": {k: model[k] for k in ("name", "kind", "sha256", "labels", "device")},
         "data": {
             "manifest_sha256": provenance.sha256_table(deidentified),
-            "n_cases": int(len(manifest)),
+            "n_cases": len(manifest),
             "n_patients": int(manifest["patient_id"].nunique()),
             "n_sites": int(manifest["site"].nunique()),
             "n_failed_cases": n_failed_cases,
@@ -87,7 +137,8 @@ def results_document(
             "synthetic": protocol.synthetic_cohort is not None,
             "synthetic_columns": synthetic_columns,
         },
-        "cohort": {"table1": table1},
+        "study": study_section(protocol, manifest),
+        "cohort": {"table1": table1, "flow": participant_flow(manifest, metric_table, failures)},
         "metrics": {
             "names": list(names),
             "structures": list(protocol.structures),

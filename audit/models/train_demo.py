@@ -17,6 +17,7 @@ inference, so training and inference cannot drift.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import shlex
@@ -155,6 +156,10 @@ def train(out_dir: Path, *, n_train: int = 96, n_val: int = 16, steps: int = 100
         "command": "python -m audit.models.train_demo --out audit/models" + _non_default_args(n_train, n_val, steps, batch_size, seed),
         "data": f"audit.synthetic.iter_training_cases(n={n_train}, seed={seed}): sites {sites} (hard site {HARD_SITE} excluded), "
         "PlantedEffects() age effect on",
+        "sites": sites,
+        "n_cases": n_train,
+        "n_patients": n_train,  # one synthetic patient per generated exam
+        "date": dt.date.today().isoformat(),
         "seed": seed,
         "steps": steps,
         "batch_size": batch_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from audit.report.formatting import format_value
 from audit.report.package import VerifyResult, build_package, verify_package
+from audit.report.pdf import print_pdf
 from audit.report.redact import redact_paths
 from audit.report.render import render_report
 from audit.report.schema import validate_results
@@ -15,6 +16,7 @@ __all__ = [
     "VerifyResult",
     "build_package",
     "format_value",
+    "print_pdf",
     "redact_paths",
     "render_report",
     "validate_results",

@@ -23,7 +23,10 @@ from audit.records import EVALUABLE_STATUSES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MARKERS", "OKABE_ITO", "distribution_plot", "forest_plot", "intersection_heatmap", "to_data_uri"]
+__all__ = ["MARKERS", "OKABE_ITO", "Threshold", "distribution_plot", "flow_plot", "forest_plot", "intersection_heatmap", "metric_range", "to_data_uri"]
+
+#: A line drawn on a figure: (value, label, structure or None for every panel).
+Threshold = tuple[float, str, "str | None"]
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -38,14 +41,50 @@ def to_data_uri(fig: plt.Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def forest_plot(estimates: pd.DataFrame, *, axis: str, metric: str, structures: Sequence[str], margin: float | None) -> str:
+def metric_range(values: Sequence[float], pad: float = 0.04) -> tuple[float, float]:
+    """A padded (low, high) covering the finite values: one x range per metric, shared by every panel and figure.
+
+    Examples
+    --------
+    >>> metric_range([0.5, 1.0], pad=0.1)
+    (0.45, 1.05)
+    """
+    numbers = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)  # "inf" strings of results.json too
+    finite = numbers[np.isfinite(numbers)]
+    if not finite.size:
+        return (0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
+    return (lo - pad * span, hi + pad * span)
+
+
+def _thresholds(ax: plt.Axes, thresholds: Sequence[Threshold], structure: str, *, vertical: bool) -> None:
+    for value, label, only in thresholds:
+        if only is None or only == structure:
+            line = ax.axvline if vertical else ax.axhline
+            line(value, color="#D55E00", linestyle=(0, (4, 2, 1, 2)), linewidth=1.2, label=label)
+
+
+def forest_plot(
+    estimates: pd.DataFrame,
+    *,
+    axis: str,
+    metric: str,
+    structures: Sequence[str],
+    margin: float | None,
+    xlim: tuple[float, float] | None = None,
+    thresholds: Sequence[Threshold] = (),
+) -> str:
     """Group means with CIs, one panel per structure; dashed line = reference group, band = +/- margin.
 
-    Hollow markers mark descriptive-only groups (fewer patients than the protocol's minimum).
+    Hollow markers mark descriptive-only groups (fewer patients than the protocol's minimum). Each group label
+    carries its number of patients (n); ``thresholds`` (acceptance criteria) are drawn as orange dash-dot lines;
+    ``xlim`` is the metric's common range (:func:`metric_range`), the same in every panel and figure.
     """
     sub = estimates[(estimates["axis"] == axis) & (estimates["metric"] == metric)]
     groups = sorted(sub["group"].unique())
-    fig, panels = plt.subplots(1, len(structures), figsize=(3.2 * len(structures), 0.42 * len(groups) + 1.3), sharey=True, squeeze=False)
+    n = sub.groupby("group")["n_patients"].max().reindex(groups)
+    fig, panels = plt.subplots(1, len(structures), figsize=(3.2 * len(structures), 0.42 * len(groups) + 1.5), sharey=True, squeeze=False)
     for i, (ax, structure) in enumerate(zip(panels[0], structures)):
         s = sub[sub["structure"] == structure].set_index("group").reindex(groups)
         y = np.arange(len(groups))
@@ -56,35 +95,53 @@ def forest_plot(estimates: pd.DataFrame, *, axis: str, metric: str, structures: 
             if margin:
                 ax.axvspan(ref_mean - margin, ref_mean + margin, color="0.88", zorder=0, label=f"±{margin:g} margin")
             ax.axvline(ref_mean, color="0.3", linestyle="--", linewidth=1, label=f"reference ({ref.index[0]})")
+        _thresholds(ax, thresholds, structure, vertical=True)
         for yi, (group, row) in zip(y, s.iterrows()):
             if not np.isfinite(row["mean"]):
                 continue
             hollow = bool(row["descriptive_only"])
             ax.plot([row["ci_low"], row["ci_high"]], [yi, yi], color=colour, linewidth=1.6, linestyle=":" if hollow else "-")
             ax.plot(row["mean"], yi, marker=marker, color=colour, markerfacecolor="white" if hollow else colour, markersize=6)
+        if xlim is not None:
+            ax.set_xlim(*xlim)
         ax.set_title(structure.replace("_", " "), fontsize=9)
         ax.set_xlabel(metric, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(axis="x", color="0.92")
-    panels[0][0].set_yticks(np.arange(len(groups)), [f"{g}" for g in groups])
+    panels[0][0].set_yticks(np.arange(len(groups)), [f"{g} (n={int(k) if np.isfinite(k) else 0})" for g, k in zip(groups, n.to_numpy(dtype=float))])
     panels[0][0].invert_yaxis()
     handles, labels = panels[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(f"{metric} by {axis} (mean and CI; hollow = descriptive only)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle(f"{metric} by {axis} (mean and CI; n = patients; hollow = descriptive only)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return to_data_uri(fig)
 
 
-def distribution_plot(cases: pd.DataFrame, *, by: str, metric: str, structures: Sequence[str]) -> str:
-    """Box plots of the per-case metric by a column, one panel per structure, cases drawn as points."""
+def distribution_plot(
+    cases: pd.DataFrame,
+    *,
+    by: str,
+    metric: str,
+    structures: Sequence[str],
+    ylim: tuple[float, float] | None = None,
+    thresholds: Sequence[Threshold] = (),
+) -> str:
+    """Box plots of the per-case metric by a column, one panel per structure, cases drawn as points.
+
+    Each box's label carries its number of cases (n); ``thresholds`` are drawn as orange dash-dot lines and
+    ``ylim`` is the metric's common range.
+    """
     sub = cases[(cases["metric"] == metric) & cases["status"].isin(EVALUABLE_STATUSES) & np.isfinite(cases["value"])]
     groups = sorted(sub[by].astype(str).unique())
-    fig, panels = plt.subplots(1, len(structures), figsize=(3.2 * len(structures), 2.8), sharey=True, squeeze=False)
+    fig, panels = plt.subplots(1, len(structures), figsize=(3.2 * len(structures), 3.0), sharey=True, squeeze=False)
     rng = np.random.default_rng(0)
     for i, (ax, structure) in enumerate(zip(panels[0], structures)):
         data = [sub.loc[(sub["structure"] == structure) & (sub[by].astype(str) == g), "value"].to_numpy() for g in groups]
-        ax.boxplot(data, tick_labels=groups, widths=0.55, showfliers=False, medianprops={"color": "black"})
+        ax.boxplot(data, tick_labels=[f"{g}\nn={v.size}" for g, v in zip(groups, data)], widths=0.55, showfliers=False, medianprops={"color": "black"})
+        _thresholds(ax, thresholds, structure, vertical=False)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         for j, values in enumerate(data):
             ax.scatter(j + 1 + rng.uniform(-0.15, 0.15, values.size), values, s=9, color=OKABE_ITO[j % len(OKABE_ITO)],
                        marker=MARKERS[j % len(MARKERS)], alpha=0.7, linewidths=0)  # fmt: skip
@@ -92,8 +149,11 @@ def distribution_plot(cases: pd.DataFrame, *, by: str, metric: str, structures: 
         ax.tick_params(labelsize=8, axis="x", rotation=20)
         ax.grid(axis="y", color="0.92")
     panels[0][0].set_ylabel(metric, fontsize=8)
-    fig.suptitle(f"{metric} per case by {by}", fontsize=10)
-    fig.tight_layout()
+    handles, labels = panels[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle(f"{metric} per case by {by} (n = cases)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     return to_data_uri(fig)
 
 
@@ -134,3 +194,24 @@ def intersection_heatmap(estimates: pd.DataFrame, *, axis: str, metric: str, str
     return to_data_uri(fig)
 
 
+def flow_plot(flow: Sequence[dict]) -> str:
+    """Participant flow per site: one horizontal bar per site split into analysed, excluded and failed cases,
+    each segment labelled with its count (colour plus hatching, so it reads without colour)."""
+    rows = [r for r in flow if r["site"] != "all"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.3))
+    parts = (("analysed", OKABE_ITO[2], ""), ("excluded", OKABE_ITO[1], "//"), ("failed", OKABE_ITO[3], "xx"))
+    left = np.zeros(len(rows))
+    y = np.arange(len(rows))
+    for key, colour, hatch in parts:
+        values = np.array([r[key] for r in rows], dtype=float)
+        ax.barh(y, values, left=left, color=colour, hatch=hatch, edgecolor="white", label=key)
+        for yi, (x0, v) in enumerate(zip(left, values)):
+            if v:
+                ax.text(x0 + v / 2, yi, f"{int(v)}", ha="center", va="center", fontsize=8, color="black")
+        left += values
+    ax.set_yticks(y, [f"{r['site']} (found {r['found']})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("cases", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return to_data_uri(fig)

@@ -1,8 +1,8 @@
 """The single number-formatting rule of the report (documented in docs/report.md, "Number format").
 
 Rule: ``None``/NaN -> "–"; +/-inf -> "∞"/"-∞"; counts as integers; 3 decimals for overlap scores (dice, iou,
-nsd_*), rates, ratios and p-values (p below 0.001 shown as "<0.001"); 3 significant digits for model effects;
-1 decimal for percentages;
+nsd_*), rates, ratios and p-values (p below 0.001, 0 included, shown as "<0.001"); 3 significant digits for
+model effects, written without an exponent; 1 decimal for percentages;
 2 decimals for distances (mm), volumes (ml), seconds and anything else.
 """
 
@@ -15,6 +15,19 @@ __all__ = ["decimals_for", "format_value"]
 
 _THREE = ("dice", "iou", "dice_slicewise_cspineseg", "failure_rate", "ratio", "p")
 _PERCENT = ("percent",)
+
+
+#: Most decimals an effect is written with: smaller effects show as 0.00000000 rather than in scientific notation.
+MAX_EFFECT_DECIMALS = 8
+
+
+def _significant(value: float, digits: int) -> str:
+    """``digits`` significant digits in positional notation (never an exponent), at most MAX_EFFECT_DECIMALS decimals."""
+    if value == 0:
+        return f"{0:.{digits - 1}f}"
+    rounded = float(f"{value:.{digits}g}")  # rounding first: 9.996 -> 10.0 has one decimal fewer than 9.99
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
+    return f"{value:.{MAX_EFFECT_DECIMALS}f}" if decimals > MAX_EFFECT_DECIMALS else f"{rounded:.{decimals}f}"
 
 
 def decimals_for(kind: str) -> int:
@@ -57,8 +70,8 @@ def format_value(value: Any, kind: str = "") -> str:
         return "∞" if value > 0 else "-∞"
     if kind == "count":
         return str(round(value))
-    if (kind == "p" or kind.startswith("p_")) and 0 < value < 0.001:
+    if (kind == "p" or kind.startswith("p_")) and 0 <= value < 0.001:
         return "<0.001"
-    if kind == "effect":  # model coefficients span orders of magnitude (per-year slopes): significant digits
-        return f"{value:.3g}"
+    if kind == "effect":  # model coefficients span orders of magnitude (per-year slopes): significant digits, no exponent
+        return _significant(value, 3)
     return f"{value:.{decimals_for(kind)}f}"

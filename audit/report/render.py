@@ -24,12 +24,18 @@ from audit.fileio import atomic_write_text
 from audit.harmonize.labels import resolve_label_map
 from audit.ontology import COARSE_VALUES, LabelMap
 from audit.records import EVALUABLE_STATUSES
+from audit.report import labels
+from audit.report.checklist import NOT_PROVIDED, checklist_rows
 from audit.report.figures import (
     OKABE_ITO,
     distribution_plot,
+    flow_plot,
     forest_plot,
     intersection_heatmap,
+    metric_range,
 )
+from audit.report.findings import Ref, key_findings
+from audit.report.flags import adjusted_flags, site_level_axes
 from audit.report.formatting import format_value
 from audit.harmonize.loading import ReadLimits
 from audit.report.gallery import case_figure, worst_cases
@@ -39,7 +45,7 @@ from audit.runfolder import RunFolder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KEY_FIELDS", "build_context", "render_report"]
+__all__ = ["KEY_FIELDS", "SECTIONS", "build_context", "render_report"]
 
 #: Row fields copied to ``data-*`` attributes of each number span (those present in the row).
 KEY_FIELDS = ("id", "axis", "comparison", "group", "reference", "structure", "metric", "model", "term", "site", "column", "warning", "case_id")
@@ -48,26 +54,61 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("audit.report", "templates
 _ENV.filters["redact"] = lambda v: redact_paths(v) if isinstance(v, str) else v
 _STATUS_ORDER = {"fail": 0, "inconclusive": 1, "pass": 2}
 
+#: The report's sections in order: (anchor id, navigation title, template under ``templates/sections/``). A new
+#: section is one partial plus one line here; each partial reads the shared context built by :func:`build_context`.
+SECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("findings", "Key findings", "findings.j2"),
+    ("summary", "Acceptance", "summary.j2"),
+    ("study", "Study and model", "study.j2"),
+    ("flow", "Participant flow", "flow.j2"),
+    ("cohort", "Cohort", "cohort.j2"),
+    ("overall", "Overall", "overall.j2"),
+    ("subgroups", "Subgroups", "subgroups.j2"),
+    ("gaps", "Gaps", "gaps.j2"),
+    ("adjusted", "Adjusted", "adjusted.j2"),
+    ("equivalence", "Equivalence", "equivalence.j2"),
+    ("vertebrae", "Vertebrae", "vertebrae.j2"),
+    ("gallery", "Worst cases", "gallery.j2"),
+    ("quality", "Data quality", "quality.j2"),
+    ("methods", "Methods", "methods.j2"),
+    ("checklist", "Checklist", "checklist.j2"),
+    ("provenance", "Provenance", "provenance.j2"),
+    ("limitations", "Limitations", "limitations.j2"),
+)
+
 
 class _Numbers:
-    """Looks values up in results.json by (source, row, field) and renders them as tagged spans."""
+    """Looks values up in results.json by (source, row, field) and renders them as tagged spans.
+
+    ``row=None`` reads a field of a mapping (``data.n_cases``); ``scale`` multiplies the value before formatting
+    (an age slope per decade: 10; a decrease written as a positive "lower": -1) and is written as ``data-scale``.
+    """
 
     def __init__(self, results: Mapping[str, Any]):
         self.results = results
 
-    def table(self, source: str) -> list[Mapping[str, Any]]:
+    def table(self, source: str) -> Any:
         node: Any = self.results
         for key in source.split("."):
             node = node[key]
         return node
 
-    def cell(self, source: str, row: int, field: str, kind: str = "") -> Markup:
-        record = self.table(source)[row]
-        text = format_value(record[field], kind)
+    def cell(self, source: str, row: int | None, field: str, kind: str = "", scale: float | None = None) -> Markup:
+        record = self.table(source) if row is None else self.table(source)[row]
+        value = record[field]
+        if scale is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = value * scale
+        text = format_value(value, kind)
         keys = Markup("").join(Markup(' data-{}="{}"').format(k.replace("_", "-"), record[k]) for k in KEY_FIELDS if record.get(k) is not None)
-        return Markup('<span class="num" data-src="{}" data-row="{}" data-field="{}" data-kind="{}"{}>{}</span>').format(
-            source, row, field, kind, keys, text
+        where = Markup("") if row is None else Markup(' data-row="{}"').format(row)
+        scaled = Markup("") if scale is None else Markup(' data-scale="{}"').format(f"{scale:g}")
+        return Markup('<span class="num" data-src="{}"{} data-field="{}" data-kind="{}"{}{}>{}</span>').format(
+            source, where, field, kind, scaled, keys, text
         )
+
+    def ref(self, ref: Ref) -> Markup:
+        """A :class:`~audit.report.findings.Ref` of a key-finding sentence as a tagged number."""
+        return self.cell(ref.source, ref.row, ref.field, ref.kind, ref.scale)
 
 
 def _rows(results: Mapping[str, Any], source: str, **equals: Any) -> list[tuple[int, Mapping[str, Any]]]:
@@ -77,15 +118,26 @@ def _rows(results: Mapping[str, Any], source: str, **equals: Any) -> list[tuple[
     return [(i, r) for i, r in enumerate(node) if all(r.get(k) == v for k, v in equals.items())]
 
 
+def _thresholds(protocol: Mapping[str, Any], metric: str, axis: str | None) -> list[tuple[float, str, str | None]]:
+    """Acceptance thresholds on a group or overall mean of ``metric`` that apply to ``axis`` (None: the overall scope)."""
+    out = []
+    for c in protocol.get("acceptance", []):
+        if c["metric"] == metric and c["estimate"] in ("mean", "median") and c["scope"] in ("overall", axis):
+            only = None if c["structure"] == "all" else c["structure"]
+            out.append((float(c["threshold"]), f"criterion {c['id']}: {c['bound']} bound {c['operator']} {c['threshold']:g}", only))
+    return out
+
+
 def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything the template shows, derived from the run folder."""
+    """Everything the templates show, derived from the run folder."""
     protocol = results["protocol"]
     stats = results["statistics"]
     structures: Sequence[str] = results["metrics"]["structures"]
     metric_names: Sequence[str] = results["metrics"]["names"]
+    definitions = results["metrics"]["definitions"]
     primary = protocol["statistics"]["primary_metric"]
     primary = primary if primary in metric_names else metric_names[0]
-    higher = results["metrics"]["definitions"][primary]["higher_is_better"]
+    higher = definitions[primary]["higher_is_better"]
     margin = protocol["statistics"]["equivalence_margins"].get(primary)
     estimates = _numeric(pd.DataFrame(stats["group_estimates"]), ("mean", "median", "sd", "ci_low", "ci_high"))
     folder = RunFolder(run_dir)
@@ -94,16 +146,32 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         from audit.stats import add_age_band
 
         cases = add_age_band(cases, protocol["subgroups"]["age_bands"])
+    roles = ((results.get("study") or {}).get("overlap") or {})
+    if roles.get("training_sites_known") and "site_role" not in cases:
+        from audit.study import site_roles
+
+        cases["site_role"] = site_roles(cases, roles["training_sites"])
     axes = list(dict.fromkeys(estimates["axis"])) if len(estimates) else []
     single_axes = [a for a in axes if " x " not in a]
     intersections = [a for a in axes if " x " in a]
     t0 = time.perf_counter()
-    forests = {a: forest_plot(estimates, axis=a, metric=primary, structures=structures, margin=margin) for a in single_axes}
+    primary_rows = estimates[estimates["metric"] == primary] if len(estimates) else estimates
+    failure = protocol["statistics"]["failure_thresholds"].get(primary)
+    lines = {a: _thresholds(protocol, primary, a) for a in single_axes}
+    xlim = metric_range([*primary_rows.get("ci_low", []), *primary_rows.get("ci_high", []), *(t for ts in lines.values() for t, _, _ in ts)])
+    forests = {
+        a: forest_plot(estimates, axis=a, metric=primary, structures=structures, margin=margin, xlim=xlim, thresholds=lines[a])
+        for a in single_axes
+    }
     scored = cases["status"].isin(EVALUABLE_STATUSES) & np.isfinite(cases["value"]) & (cases["metric"] == primary)
     by = [b for b in ("vendor", "field_strength") if b in cases] if scored.any() else []  # no box plots when nothing was scored
-    distributions = {b: distribution_plot(cases, by=b, metric=primary, structures=structures) for b in by}
+    ylim = metric_range([*cases.loc[scored, "value"], *([failure] if failure is not None else [])])
+    box_lines = [(float(failure), f"failure threshold {failure:g}", None)] if failure is not None else []
+    distributions = {b: distribution_plot(cases, by=b, metric=primary, structures=structures, ylim=ylim, thresholds=box_lines) for b in by}
     heatmaps = {a: intersection_heatmap(estimates, axis=a, metric=primary, structures=structures) for a in intersections}
+    flow = (results.get("cohort") or {}).get("flow") or []
     gallery = _gallery(cases, protocol, primary, higher, results.get("model", {}).get("labels"))
+    figures = {"flow": flow_plot(flow) if flow else None}
     logger.info("report figures in %.2f s", time.perf_counter() - t0)
     criteria = stats.get("criteria") or _criteria_from_rows(stats["acceptance"])
     acceptance = sorted(
@@ -111,11 +179,14 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         key=lambda c: _STATUS_ORDER.get(c["status"], 3),
     )
     table1_axes = list(dict.fromkeys(r["axis"] for r in results["cohort"]["table1"]))
+    vertebrae = vertebra_section(results)
     return {
         "r": results,
         "n": _Numbers(results),
         "rows": lambda source, **eq: _rows(results, source, **eq),
+        "sections": tuple(s for s in SECTIONS if s[0] != "vertebrae" or vertebrae),  # per-vertebra only for CT labelling audits
         "primary": primary,
+        "primary_label": labels.metric_label(primary, definitions),
         "structures": structures,
         "metric_names": metric_names,
         "acceptance": acceptance,
@@ -125,16 +196,29 @@ def build_context(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         "forests": forests,
         "distributions": distributions,
         "heatmaps": heatmaps,
+        "figures": figures,
+        "flow": [(i, r) for i, r in enumerate(flow)],
+        "findings": key_findings(results, cases, primary=primary),
+        "site_level": site_level_axes(cases, single_axes),
+        "adjusted_flags": adjusted_flags(stats.get("adjusted") or [], cases, stats.get("warnings") or [], protocol["statistics"]["adjusted_model"]["groups"]),
+        "checklist": checklist_rows(results),
+        "not_provided": NOT_PROVIDED,
+        "section_titles": {sid: title for sid, title, _ in SECTIONS},
         "gallery": gallery,
-        "definitions": results["metrics"]["definitions"],
+        "definitions": definitions,
         "failures": results["failures"],
         "harmonization_warnings": results["harmonization"]["warnings"],
         "completeness": results["harmonization"]["metadata_completeness"],
         "site_quality": _site_quality(results),
-        "vertebrae": vertebra_section(results),
+        "vertebrae": vertebrae,
         "annotation": _annotation(results),
         "synthetic_columns": results["data"].get("synthetic_columns", []),
         "fmt": format_value,
+        "ml": lambda m: labels.metric_label(m, definitions),
+        "sl": labels.structure_label,
+        "al": labels.axis_label,
+        "tl": labels.readable_test,
+        "cl": labels.comparison_label,
         "palette": [(s, OKABE_ITO[i % len(OKABE_ITO)]) for i, s in enumerate(s for s in protocol["structures"] if s in COARSE_VALUES)],
         **_limitations(results),
     }
@@ -205,6 +289,10 @@ def _gallery(
     structures = {s: COARSE_VALUES[s] for s in protocol["structures"] if s in COARSE_VALUES}
     prediction_map = _label_map("model", model_labels) if model_labels else None
     drawn: dict[str, str | None] = {}
+    values = cases[(cases["metric"] == metric) & cases["status"].isin(EVALUABLE_STATUSES)]
+    per_case: dict[str, dict[str, float]] = {}
+    for cid, structure, value in values[["case_id", "structure", "value"]].itertuples(index=False):
+        per_case.setdefault(cid, {})[structure] = float(value)
     out = []
     for axis in axes:
         worst = worst_cases(cases.assign(**{axis: cases[axis].astype(str)}), axis=axis, metric=metric, higher_is_better=higher, per_group=per_group)
@@ -224,7 +312,9 @@ def _gallery(
                         else None
                     )
                 if drawn[rec.case_id]:
-                    figures.append({"case_id": rec.case_id, "value": float(rec.value), "uri": drawn[rec.case_id]})
+                    per_structure = per_case.get(rec.case_id, {})
+                    figures.append({"case_id": rec.case_id, "value": float(rec.value), "uri": drawn[rec.case_id],
+                                    "structures": [(s, per_structure[s]) for s in protocol["structures"] if s in per_structure]})  # fmt: skip
             groups.append({"group": group, "cases": figures})
         out.append({"axis": axis, "groups": groups})
     return out

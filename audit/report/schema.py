@@ -48,6 +48,7 @@ REQUIRED: Mapping[str, type | tuple[type, ...]] = {
 #: Columns every record of a list-valued section must carry (docs/report.md, "results.json schema").
 ROW_FIELDS: Mapping[str, tuple[str, ...]] = {
     "cohort.table1": ("axis", "group", "n_cases", "n_patients", "percent"),
+    "cohort.flow": ("site", "found", "excluded", "failed", "analysed"),
     "statistics.overall": ("axis", "group", "structure", "metric", "n_cases", "n_patients", "n_failed", "mean", "ci_low", "ci_high",
                            "descriptive_only", "is_reference"),
     "statistics.group_estimates": ("axis", "group", "structure", "metric", "n_cases", "n_patients", "n_failed", "n_both_empty", "mean",

@@ -12,5 +12,5 @@ __all__ = ["vertebra_section"]
 
 
 def vertebra_section(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The summaries the ``vertebrae.html.j2`` partial shows, or None when the run has no per-vertebra stage."""
+    """The summaries the ``sections/vertebrae.j2`` partial shows, or None when the run has no per-vertebra stage."""
     return results.get("vertebrae")

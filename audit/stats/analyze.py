@@ -20,6 +20,7 @@ from audit.stats.acceptance import (
 )
 from audit.stats.adjusted import ADJUSTED_COLUMNS, adjusted_effects
 from audit.stats.failures import combine_acceptance, impute_failures
+from audit.stats.families import FAMILIES, adjust_by_family, multiplicity_family
 from audit.stats.gaps import (
     EQUIVALENCE_COLUMNS,
     GAP_COLUMNS,
@@ -105,6 +106,7 @@ def analyze(
     bounded: Mapping[str, bool] | None = None,
     signed: Sequence[str] | None = None,
     failure_interval: str = "wilson",
+    pre_registered_axes: Sequence[str] | None = None,
 ) -> StatsResults:
     """Estimate, compare and judge every subgroup of the analysis table.
 
@@ -126,6 +128,9 @@ def analyze(
         ``|value| > threshold`` and worst/best groups are ranked by ``|mean|``. Defaults to the registry.
     failure_interval : {"wilson", "clopper_pearson"}
         Interval of the failure rates (the protocol has no setting for it yet; Wilson is the default).
+    pre_registered_axes : sequence of str, optional
+        Axes the protocol pre-registers (default ``subgroups.columns``): the primary metric's gaps on them form the
+        pre-specified multiplicity family, every other gap the exploratory family (:mod:`audit.stats.families`).
 
     Returns
     -------
@@ -145,7 +150,7 @@ def analyze(
     prepared = prepare(table, structures=structures, metrics=metrics)
     meta_scales = {m: "logit" if bounded.get(m) else "log" if not higher_is_better[m] and m not in signed else "identity" for m in metrics}
     core = dict(subgroups=subgroups, statistics=statistics, higher_is_better=higher_is_better, signed=signed, failure_interval=failure_interval,
-                meta_scales=meta_scales)  # fmt: skip
+                meta_scales=meta_scales, pre_registered_axes=subgroups.columns if pre_registered_axes is None else pre_registered_axes)  # fmt: skip
     main = _estimate(prepared, **core)
     notes = main.notes
     adjusted, adjusted_notes = adjusted_effects(table, settings=statistics.adjusted_model, structures=structures, bounded=bounded, level=level)
@@ -174,6 +179,7 @@ def analyze(
         "group_strata": "site (sites with fewer than 2 patients in a group are merged)",
         "multiplicity": statistics.multiplicity,
         "family_size": int(main.gaps["p_value"].notna().sum()),
+        "family_sizes": {f: int(main.gaps.loc[main.gaps["family"] == f, "p_value"].notna().sum()) for f in FAMILIES},
         "alpha": statistics.alpha,
         "min_group_size": statistics.min_group_size,
         "failure_interval": failure_interval,
@@ -221,6 +227,7 @@ def _estimate(
     signed: Sequence[str],
     failure_interval: str,
     meta_scales: Mapping[str, str],
+    pre_registered_axes: Sequence[str],
     only_axes: set[str] | None = None,
 ) -> _Estimates:
     """Overall and per-group estimates, gaps, equivalence, power and the new-site table of one prepared table.
@@ -279,8 +286,9 @@ def _estimate(
         gap_rows += gaps
         equivalence_rows += equiv
         power_rows += power
-    gaps_table = pd.DataFrame(gap_rows, columns=[c for c in GAP_COLUMNS if c not in ("p_holm", "p_fdr_bh", "p_adjusted", "significant")])
-    gaps_table = adjust_pvalues(gaps_table, statistics.multiplicity, statistics.alpha)
+    gaps_table = pd.DataFrame(gap_rows, columns=[c for c in GAP_COLUMNS if c not in ("p_holm", "p_fdr_bh", "p_adjusted", "significant", "family")])
+    gaps_table["family"] = multiplicity_family(gaps_table, primary_metric=statistics.primary_metric, pre_registered_axes=pre_registered_axes)
+    gaps_table = adjust_by_family(gaps_table, adjust_pvalues, statistics.multiplicity, statistics.alpha)
     power_table = pd.DataFrame(power_rows, columns=list(POWER_COLUMNS))
     later = ("mdd", "is_reference", "population")  # added below
     estimates = (pd.concat(estimate_tables, ignore_index=True) if estimate_tables

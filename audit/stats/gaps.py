@@ -45,7 +45,7 @@ __all__ = ["choose_reference", "axis_gaps", "adjust_pvalues", "holm", "benjamini
 GAP_COLUMNS = (
     "axis", "comparison", "group", "reference", "structure", "metric", "difference", "diff_ci_low", "diff_ci_high",
     "ratio", "ratio_ci_low", "ratio_ci_high", "test", "statistic", "p_value", "p_holm", "p_fdr_bh", "p_adjusted",
-    "significant", "descriptive_only", "status", "unit", "n_sites_group", "n_sites_reference", "population",
+    "significant", "descriptive_only", "status", "unit", "n_sites_group", "n_sites_reference", "population", "family",
 )  # fmt: skip
 EQUIVALENCE_COLUMNS = ("axis", "group", "reference", "structure", "metric", "margin", "difference", "ci_low", "ci_high", "p_tost", "equivalent",
                        "descriptive_only", "status", "unit", "population")  # fmt: skip

@@ -32,6 +32,8 @@ STRUCTURES = ("vertebral_body", "intervertebral_disc", "spinal_canal", "spinal_c
 METRICS = ("dice", "hd95", "nsd_2mm")
 HIGHER = {"dice": True, "hd95": False, "nsd_2mm": True}
 SITES = (("site-A", "Siemens", "3T"), ("site-B", "GE", "3T"), ("site-C", "Philips", "1.5T"))
+#: Sites the builder's model card says the model was trained on: site-C is the one truly external site.
+TRAINING_SITES = ("site-A", "site-B")
 AXES = ("site", "vendor", "field_strength", "sex", "age_band")
 INTERSECTION = ("race", "sex")
 MIN_GROUP = 5
@@ -151,7 +153,7 @@ def _statistics(table: pd.DataFrame) -> dict:
                         "test": "welch" if HIGHER[m] else "mann_whitney", "statistic": diff * 10, "p_value": p,
                         "p_holm": None if p is None else min(1.0, p * 8), "p_fdr_bh": None if p is None else min(1.0, p * 2),
                         "p_adjusted": None if p is None else min(1.0, p * 8), "significant": bool(p is not None and p * 8 < 0.05),
-                        "descriptive_only": row["descriptive_only"],
+                        "descriptive_only": row["descriptive_only"], "family": "pre-specified" if m == "dice" and " x " not in axis else "exploratory",
                     })  # fmt: skip
                     power.append({"axis": axis, "group": g, "reference": reference, "structure": s, "metric": m, "n_patients": row["n_patients"],
                                   "sd": row["sd"], "mdd": None if row["descriptive_only"] else 0.04, "descriptive_only": row["descriptive_only"]})  # fmt: skip
@@ -179,7 +181,8 @@ def _statistics(table: pd.DataFrame) -> dict:
         if rank[row["status"]] >= rank[criteria.get(row["id"], "pass")]:
             criteria[row["id"]] = row["status"]
     settings = {"unit": "patient (cluster bootstrap)", "confidence_level": 0.95, "bootstrap_iterations": 200, "bootstrap_method": "percentile",
-                "seed": 7, "overall_strata": "site", "multiplicity": "holm", "family_size": len(gaps), "alpha": 0.05, "min_group_size": MIN_GROUP,
+                "seed": 7, "overall_strata": "site", "multiplicity": "holm", "family_size": len(gaps), "alpha": 0.05,
+                "family_sizes": {f: sum(g["family"] == f and g["p_value"] is not None for g in gaps) for f in ("pre-specified", "exploratory")}, "min_group_size": MIN_GROUP,
                 "tests": {"bounded metrics": "Welch t-test on patient means", "distance metrics": "Mann-Whitney U on patient means"}}  # fmt: skip
     small = sorted({f"{r['axis']}={r['group']}" for r in estimates if r["descriptive_only"]})
     return {"overall": overall, "group_estimates": estimates, "gaps": gaps, "equivalence": equivalence, "power": power, "adjusted": adjusted,
@@ -215,6 +218,14 @@ def analyze_statistics(table: pd.DataFrame, protocol: dict, *, iterations: int =
     results = analyze(table, structures=list(STRUCTURES), metrics=list(METRICS), subgroups=proto.subgroups, statistics=settings,
                       acceptance=proto.acceptance, higher_is_better=HIGHER)  # fmt: skip
     return results.to_dict()
+
+
+def flow_records(manifest: pd.DataFrame, metrics: pd.DataFrame, failures: Sequence[dict]) -> list[dict]:
+    """Participant flow rows as the pipeline writes them (``audit.results.participant_flow``)."""
+    from audit.records import CaseFailure
+    from audit.results import participant_flow
+
+    return participant_flow(manifest, metrics, [CaseFailure(**f) for f in failures])
 
 
 def manifest_sha256(manifest: pd.DataFrame) -> str:
@@ -284,7 +295,18 @@ def synthetic_run(
         "model": {"name": "demo <model>", "kind": "checkpoint", "sha256": "b" * 64, "labels": {str(i + 1): s for i, s in enumerate(STRUCTURES)}, "device": "cpu"},
         "data": {"manifest_sha256": manifest_sha256(pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False)), "n_cases": n_cases, "n_patients": int(manifest["patient_id"].nunique()), "n_sites": len(sites),
                  "n_failed_cases": 1, "synthetic": True, "synthetic_columns": ["sex", "race", "ethnicity", "age_years"]},
-        "cohort": {"table1": table1},
+        "study": {
+            "description": "Synthetic study <i>description</i>", "intended_use": "Segmenting <b>spines</b> for tests", "reference_standard": None,
+            "registered": "2026-11-20", "registry": None,
+            "model_card": {"description": None, "intended_use": None, "limitations": None, "license": None,
+                           "training": {"sites": list(TRAINING_SITES), "case_ids": [], "patient_ids": [], "dates": None, "date": None, "n_cases": 10,
+                                        "n_patients": None, "data": None}},
+            "overlap": {"training_sites_known": True, "audited_sites": [s[0] for s in sites], "training_sites": list(TRAINING_SITES),
+                        "external_sites": sorted({s[0] for s in sites} - set(TRAINING_SITES)),
+                        "overlapping_sites": sorted({s[0] for s in sites} & set(TRAINING_SITES)), "unverified_sites": [],
+                        "case_ids_checked": True, "overlapping_case_ids": 0, "patient_ids_checked": False, "overlapping_patient_ids": None},
+        },
+        "cohort": {"table1": table1, "flow": flow_records(manifest, metrics, failures)},
         "metrics": {"names": list(METRICS), "structures": list(STRUCTURES), "empty_policy": {"missed_distance": "diagonal"},
                     "definitions": {m: {"description": f"{m} (test definition)", "higher_is_better": HIGHER[m], "unit": "" if HIGHER[m] else "mm"} for m in METRICS},
                     "detection": [{"structure": s, "status": "ok", "n": n_cases - 1} for s in STRUCTURES]},

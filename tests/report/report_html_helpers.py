@@ -4,22 +4,32 @@ an HTML parser collecting the tagged numbers, and a look-up of a number's row by
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_EVEN, Decimal
 from html.parser import HTMLParser
 
 
-def expected_text(value, kind: str) -> str:
-    """The documented number format (docs/report.md, "Number format"), written again independently of audit.report."""
+def expected_text(value, kind: str, scale: float | None = None) -> str:
+    """The documented number format (docs/report.md, "Number format"), written again independently of audit.report;
+    ``scale`` (the span's ``data-scale``) multiplies the stored value first (age per decade: 10)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if value in ("inf", "-inf") or (isinstance(value, float) and math.isinf(value)):
         return "∞" if value in ("inf", math.inf) else "-∞"
+    if scale is not None:
+        value = value * scale
     if kind == "count":
         return f"{round(value):d}"
-    if kind == "p" and 0 < value < 0.001:
+    if kind == "p" and 0 <= value < 0.001:
         return "<0.001"
-    if kind == "effect":
-        return f"{value:.3g}"
-    digits = {"dice": 3, "iou": 3, "nsd_2mm": 3, "failure_rate": 3, "p": 3, "percent": 1}.get(kind, 2)
+    if kind == "effect":  # 3 significant digits in positional notation (exact decimal arithmetic), at most 8 decimals
+        if value == 0:
+            return "0.00"
+        exact = Decimal(value)
+        rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 2), ROUND_HALF_EVEN)
+        if rounded.adjusted() != exact.adjusted():  # 9.996 -> 10.0: one digit fewer after the point
+            rounded = exact.quantize(Decimal(1).scaleb(rounded.adjusted() - 2), ROUND_HALF_EVEN)
+        return f"{value:.8f}" if rounded.as_tuple().exponent < -8 else format(rounded, "f")
+    digits = {"dice": 3, "iou": 3, "nsd_2mm": 3, "failure_rate": 3, "ratio": 3, "p": 3, "percent": 1}.get(kind, 2)
     return f"{value:.{digits}f}"
 
 
@@ -60,8 +70,17 @@ def find_row(results: dict, attrs: dict) -> dict:
     node = results
     for key in attrs["data-src"].split("."):
         node = node[key]
-    skip = {"class", "data-src", "data-row", "data-field", "data-kind"}
+    if "data-row" not in attrs:  # a field of a mapping (data.n_cases, study.overlap, ...)
+        assert isinstance(node, dict), attrs
+        return node
+    skip = {"class", "data-src", "data-row", "data-field", "data-kind", "data-scale"}
     keys = {k[5:].replace("-", "_"): v for k, v in attrs.items() if k not in skip}
     matches = [r for r in node if all(str(r.get(k)) == v for k, v in keys.items())]
     assert len(matches) == 1, (attrs, len(matches))
     return matches[0]
+
+
+def span_text_expected(results: dict, attrs: dict) -> str:
+    """What a number span must show: its row found by key, its field, formatted with its kind and scale."""
+    scale = float(attrs["data-scale"]) if "data-scale" in attrs else None
+    return expected_text(find_row(results, attrs)[attrs["data-field"]], attrs["data-kind"], scale)

@@ -13,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from report_builders import LEAKY_DIR, synthetic_run
-from report_html_helpers import ReportParser, expected_text, find_row
+from report_html_helpers import ReportParser, expected_text, span_text_expected
 
+import audit.report
 from audit.report import render_report, validate_results, write_tables
 
 EVIL = "<script>alert(1)</script>"
-SECTIONS = ("summary", "cohort", "overall", "subgroups", "gaps", "adjusted", "equivalence", "gallery", "quality", "methods", "provenance", "limitations")
+SECTIONS = ("findings", "summary", "study", "flow", "cohort", "overall", "subgroups", "gaps", "adjusted", "equivalence", "gallery", "quality", "methods",
+            "checklist", "provenance", "limitations")
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,8 @@ def test_numbers_from_real_analyze_output_equal_their_rows(analyzed):
     assert validate_results(results) == []
     assert len(parser.spans) > 1000
     for attrs, text in parser.spans:
-        assert text == expected_text(find_row(results, attrs)[attrs["data-field"]], attrs["data-kind"]), attrs
-    shown = {(a["data-src"], int(a["data-row"]), a["data-field"]) for a, _ in parser.spans}
+        assert text == span_text_expected(results, attrs), attrs
+    shown = {(a["data-src"], int(a["data-row"]), a["data-field"]) for a, _ in parser.spans if "data-row" in a}
     for source in ("group_estimates", "gaps", "equivalence", "adjusted", "acceptance"):
         rows = results["statistics"][source]
         assert rows, source
@@ -63,17 +65,19 @@ def test_every_number_shown_equals_its_results_json_row(parsed):
     assert len(parser.spans) > 1000
     kinds = set()
     for attrs, text in parser.spans:
-        row = find_row(results, attrs)
         kinds.add(attrs["data-kind"])
-        assert text == expected_text(row[attrs["data-field"]], attrs["data-kind"]), attrs
-    assert {"count", "percent", "dice", "hd95", "nsd_2mm", "p", "effect", "failure_rate"} <= kinds
+        assert text == span_text_expected(results, attrs), attrs
+    assert {"count", "percent", "dice", "hd95", "nsd_2mm", "p", "effect", "failure_rate", "ratio"} <= kinds
+    sources = {a["data-src"] for a, _ in parser.spans}
+    assert {"cohort.flow", "data", "study.overlap", "statistics.settings.family_sizes"} <= sources  # the new numbers are tagged too
+    assert any(a.get("data-scale") == "-1" for a, _ in parser.spans)  # a key finding's decrease written as "lower"
     shown = {t for _, t in parser.spans}
     assert {"∞", "–", "<0.001"} <= shown  # the planted edge values reach the page
 
 
 def test_every_estimate_gap_and_criterion_is_shown(parsed):
     results, parser = parsed
-    shown = {(a["data-src"], int(a["data-row"]), a["data-field"]) for a, _ in parser.spans}
+    shown = {(a["data-src"], int(a["data-row"]), a["data-field"]) for a, _ in parser.spans if "data-row" in a}
     for source, field in (("statistics.group_estimates", "mean"), ("statistics.overall", "ci_low"), ("statistics.gaps", "p_holm"), ("statistics.gaps", "p_fdr_bh"),
                           ("statistics.equivalence", "p_tost"), ("statistics.adjusted", "estimate"), ("statistics.acceptance", "value"),
                           ("cohort.table1", "n_cases"), ("harmonization.metadata_completeness", "unknown")):  # fmt: skip
@@ -107,9 +111,15 @@ def expected_worst(run: Path, axis: str, per_group: int = 2) -> dict[str, str]:
 
 def test_gallery_shows_the_worst_cases_per_site(run, parsed):
     _, parser = parsed
-    shown = {a["data-case-id"]: t for a, t in parser.case_values if a["data-axis"] == "site"}
+    shown = {a["data-case-id"]: t for a, t in parser.case_values if a["data-axis"] == "site" and "data-structure" not in a}
     assert shown == expected_worst(run, "site")  # worst_cases_per_group = 2; gallery_axes defaults to [site]
     assert {a["data-axis"] for a, _ in parser.case_values} == {"site"}
+    # each caption also gives the case's Dice per structure, read here from metrics.csv
+    metrics = pd.read_csv(run / "metrics.csv")
+    dice = metrics[(metrics.metric == "dice") & metrics.status.isin(["ok", "missed", "false_positive"])].set_index(["case_id", "structure"])["value"]
+    per_structure = {(a["data-case-id"], a["data-structure"]): t for a, t in parser.case_values if "data-structure" in a}
+    assert {c for c, _ in per_structure} == set(shown)
+    assert per_structure == {(c, s): f"{dice[(c, s)]:.3f}" for c in shown for s in ("vertebral_body", "intervertebral_disc", "spinal_canal", "spinal_cord")}
     assert len(re.findall(r'<img alt="case ', (run / "report.html").read_text())) == len(shown)
 
 
@@ -118,11 +128,11 @@ def test_gallery_per_group_of_several_axes(tmp_path):
     parser = ReportParser()
     parser.feed(render_report(run).read_text(encoding="utf-8"))
     for axis in ("site", "vendor"):
-        shown = {a["data-case-id"]: t for a, t in parser.case_values if a["data-axis"] == axis}
+        shown = {a["data-case-id"]: t for a, t in parser.case_values if a["data-axis"] == axis and "data-structure" not in a}
         assert shown == expected_worst(run, axis), axis
     html = (run / "report.html").read_text()
     assert "<h3>By site</h3>" in html and "<h3>By vendor</h3>" in html
-    assert len(re.findall(r'<img alt="case ', html)) == len(parser.case_values)
+    assert len(re.findall(r'<img alt="case ', html)) == len([a for a, _ in parser.case_values if "data-structure" not in a])
 
 
 def test_data_quality_per_site_recomputed_from_results_json(parsed):
@@ -157,7 +167,12 @@ def test_report_is_self_contained(run, parsed):
     html = (run / "report.html").read_text()
     assert [link for link in parser.links if not link.startswith(("data:", "#"))] == []
     assert not re.search(r"(?i)(src|href)\s*=\s*['\"]?\s*(https?:)?//", html)
-    assert not re.search(r"(?i)@import|url\(\s*['\"]?\s*(https?:)?//|<script|<link\b|<iframe|<object", html)
+    assert not re.search(r"(?i)@import|url\(\s*['\"]?\s*(https?:)?//|<link\b|<iframe|<object", html)
+    # one inline script, the package's own file verbatim, with no way to reach the network or run strings as code
+    scripts = re.findall(r"(?is)<script([^>]*)>(.*?)</script>", html)
+    packaged = (Path(audit.report.__file__).parent / "templates" / "report.js").read_text(encoding="utf-8")
+    assert len(scripts) == 1 and scripts[0][0] == "" and scripts[0][1].strip() == packaged.strip()
+    assert not re.search(r"fetch|XMLHttpRequest|WebSocket|sendBeacon|import\s*\(|eval|Function\(|https?:|innerHTML|document\.write", packaged)
 
 
 def test_site_supplied_strings_are_escaped(run, tmp_path):
@@ -176,7 +191,7 @@ def test_site_supplied_strings_are_escaped(run, tmp_path):
     html = render_report(evil_run).read_text()
     statuses = dict(re.findall(r'<span class="status \w+" data-criterion="([^"]+)">(\w+)</span>', html))
     assert statuses == {"overall-dice": "FAIL", "site-hd95": "INCONCLUSIVE"}
-    assert EVIL not in html and "<script" not in html
+    assert EVIL not in html and html.count("<script") == 1  # only the packaged inline script
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") > 10
     parser = ReportParser()
     parser.feed(html)
@@ -229,7 +244,7 @@ def test_report_for_1000_cases_stays_under_10_mb_with_bounded_figures(tmp_path):
     size = len(html.encode("utf-8"))
     images = len(re.findall(r"<img ", html))
     assert size < 10 * 1024 * 1024, size
-    assert images <= 6 + 2 + 1 + 3 * 2  # forest per axis + 2 distributions + 1 heatmap + sites x worst_cases_per_group
+    assert images <= 6 + 2 + 1 + 1 + 3 * 2  # forest per axis + 2 distributions + 1 heatmap + flow + sites x worst_cases_per_group
 
 
 def test_intersection_gaps_are_folded_and_single_axis_gaps_shown(run, parsed):
