@@ -203,6 +203,7 @@ def demo(
     seed: Optional[int] = typer.Option(None, "--seed", help="Cohort seed (default: the demo protocol's)."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
     fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
+    task: str = typer.Option("segmentation", "--task", help="segmentation (the demo model on synthetic MRI) or grading (synthetic stenosis grades)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
@@ -213,6 +214,11 @@ def demo(
     from audit.protocol import load_protocol
 
     _setup_logging(verbose)
+    if task not in ("segmentation", "grading"):
+        raise UserError(f"--task: allowed values are ['segmentation', 'grading']; found {task!r}")
+    if task == "grading":
+        _grading_demo(out or _default_run_dir("demo-grading"), cases, seed, fail_on_criteria)
+        return
     if cases is not None and cases < 8:
         raise UserError(f"--cases: must be at least 8 (two per site); found {cases}")
     proto = load_protocol(demo_protocol_path())
@@ -227,6 +233,26 @@ def demo(
         console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
         raise
     console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
+
+
+def _grading_demo(run_dir: Path, cases: Optional[int], seed: Optional[int], fail_on_criteria: bool) -> None:
+    """``demo --task grading``: the self-contained grading runner (audit/grading/runner.py), not the pipeline."""
+    from audit.grading.runner import run_grading_demo
+
+    if cases is not None and cases < 8:
+        raise UserError(f"--cases: must be at least 8 (two per site); found {cases}")
+    start = time.perf_counter()
+    result = run_grading_demo(run_dir, n_patients=cases, seed=seed)
+    console.print(f"[bold]Run folder:[/bold] {result.run_dir}")
+    console.print(f"Graded levels: {result.n_levels}   failed rows: {result.n_failed}   time: {time.perf_counter() - start:.1f} s")
+    for cid, status in result.acceptance:
+        console.print(f"Criterion {cid}: {status.upper()}")
+    console.print(f"[bold]Results:[/bold] {result.results_path}")
+    console.print(f"[bold]Report:[/bold]  {result.report_path}")
+    not_passed = [f"{cid} {status}" for cid, status in result.acceptance if status != "pass"]
+    if fail_on_criteria and not_passed:
+        typer.echo(f"Acceptance criteria not met: {', '.join(not_passed)} (exit status {EXIT_CRITERIA}, --fail-on-criteria)", err=True)
+        raise typer.Exit(EXIT_CRITERIA)
 
 
 def demo_protocol_path() -> Path:
