@@ -72,7 +72,9 @@ def fairness_differences(rates: pd.DataFrame) -> dict[str, float]:
         values = values[np.isfinite(values)]
         return float(values.max() - values.min()) if values.size >= 2 else float("nan")
 
-    return {"demographic_parity_difference": spread("selection_rate"), "equalized_odds_difference": float(np.nanmax([spread("tpr"), spread("fpr")]))}
+    tpr, fpr = spread("tpr"), spread("fpr")
+    eod = float("nan") if np.isnan(tpr) and np.isnan(fpr) else float(np.nanmax([tpr, fpr]))
+    return {"demographic_parity_difference": spread("selection_rate"), "equalized_odds_difference": eod}
 
 
 def bootstrap_group_rates(

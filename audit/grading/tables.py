@@ -128,8 +128,9 @@ def _encode(table: pd.DataFrame, column: str, scale: GradeScale) -> tuple[pd.Dat
     codes = table[column].map(lambda v: None if _is_missing(v) else scale.code(v))
     missing = table[column].map(_is_missing)
     unknown = codes.isna() & ~missing
-    failures = [
-        _grade_failure(str(row["case_id"]), f"{column} ({row['level']} {row['condition']} {row['side']})", row[column], scale, str(row.get("site", "Unknown")))
+    failures = [  # the source column when the layout is wide (RSNA), else the grade column and the level
+        _grade_failure(str(row["case_id"]), str(row["source_column"]) if "source_column" in row else f"{column} ({row['level']} {row['condition']} {row['side']})",
+                       row[column], scale, str(row.get("site", "Unknown")))
         for _, row in table[unknown].iterrows()
     ]
     if missing.any():
@@ -234,8 +235,8 @@ def read_rsna_train(source: Path | pd.DataFrame, *, reader: str = "reference") -
         grade_columns.append(col)
     if not grade_columns:
         raise SiteDataError(f"{name}: no grade columns; expected columns such as 'spinal_canal_stenosis_l4_l5'")
-    long = wide.melt(id_vars=["study_id"], value_vars=grade_columns, var_name="column", value_name="grade")
-    parts = long["column"].str.extract(_RSNA_COLUMN)
+    long = wide.melt(id_vars=["study_id"], value_vars=grade_columns, var_name="source_column", value_name="grade")
+    parts = long["source_column"].str.extract(_RSNA_COLUMN)
     long["case_id"] = long["study_id"].astype(str)
     long["patient_id"] = long["case_id"]
     long["condition"] = parts["condition"].map(lambda c: RSNA_CONDITIONS[c][0])
