@@ -2,7 +2,8 @@
 
 The paired table has one row per graded level: ``case_id``, ``patient_id``, ``level``, ``condition``, ``side``,
 case metadata, ``grade_ref``, ``grade_model`` and the model's ``p_*`` when given. A reference level the model
-did not grade is a recorded :class:`~audit.records.CaseFailure` (``MissingPrediction``), counted in the report.
+did not grade is a recorded :class:`~audit.records.CaseFailure` (``MissingPrediction``), and a model grade
+without a reference grade one of type ``MissingReference`` (not scored); the report counts both.
 """
 
 from __future__ import annotations
@@ -49,9 +50,15 @@ def pair_grades(table: pd.DataFrame, scale: GradeScale, *, reference: str, model
                     error=f"no {model!r} grade for {r.level} {r.condition} {r.side} graded by {reference!r}")  # fmt: skip
         for r in merged[missing].itertuples()
     ]
-    unmatched = len(mod) - int((~missing).sum())
-    if unmatched:
-        logger.warning("%d model grades have no %r reference grade and are not scored", unmatched, reference)
+    orphan = mod.merge(ref[KEY], on=KEY, how="left", indicator=True)
+    orphan = orphan[orphan["_merge"] == "left_only"]
+    failures += [
+        CaseFailure(case_id=str(r.case_id), stage="grading", error_type="MissingReference",
+                    error=f"no {reference!r} grade for {r.level} {r.condition} {r.side} graded by {model!r}: not scored")  # fmt: skip
+        for r in orphan.itertuples()
+    ]
+    if len(orphan):
+        logger.warning("%d model grades have no %r reference grade and are not scored (recorded as failures)", len(orphan), reference)
     paired = merged[~missing].drop(columns="_merge").reset_index(drop=True)
     paired["grade_model"] = paired["grade_model"].astype(np.int64)
     return paired, failures
