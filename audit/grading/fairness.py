@@ -166,6 +166,11 @@ def evaluate_grading_criteria(
     """
     rows = []
     for crit in criteria:
+        if crit.group_by not in rates:
+            rows.append({"id": crit.id, "description": crit.description, "estimate": crit.estimate, "group_by": crit.group_by, "group": "-",
+                         "bound": crit.bound, "operator": crit.operator, "threshold": crit.threshold, "value": float("nan"),
+                         "status": "inconclusive", "reason": f"no {crit.group_by!r} column in the graded table"})  # fmt: skip
+            continue
         if crit.estimate in RATES:
             table = rates[crit.group_by]
             items = [(r.group, getattr(r, crit.bound), r.n_patients) for r in table[table["rate"] == crit.estimate].itertuples()]

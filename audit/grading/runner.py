@@ -95,7 +95,10 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
     paired, failures = pair_grades(table, scale, reference=audit.reference, model=audit.model)
     breakdowns = [b for b in audit.breakdowns if b in paired.columns]
     rates, differences = {}, {}
-    for group in audit.fairness_groups:
+    absent = [g for g in audit.fairness_groups if g not in paired.columns]
+    if absent:
+        logger.warning("fairness groups %s are not columns of the graded table; criteria on them are inconclusive", absent)
+    for group in (g for g in audit.fairness_groups if g in paired.columns):
         rates[group], differences[group] = bootstrap_group_rates(
             paired, group, positive_from=scale.positive_from, severe=scale.severe, n_resamples=audit.n_resamples, seed=audit.seed, level=audit.level
         )

@@ -88,3 +88,9 @@ def test_criteria_pass_fail_inconclusive():
 def test_criterion_names_allowed_values():
     with pytest.raises(ValueError, match=r"estimate: allowed values are \['selection_rate', 'tpr', 'fpr', 'severe_sensitivity'"):
         GradingCriterion(id="x", description="d", estimate="dice", group_by="vendor")
+
+
+def test_criterion_on_an_absent_group_column_is_inconclusive():
+    crit = GradingCriterion(id="sens", description="d", estimate="severe_sensitivity", group_by="vendor")
+    table, status = evaluate_grading_criteria([crit], {}, {}, min_group_size=10)
+    assert status == {"sens": "inconclusive"} and table["reason"].iloc[0] == "no 'vendor' column in the graded table"
