@@ -24,25 +24,42 @@ _SUMMARY_METRICS = ("n_levels", "n_patients", "accuracy", "kappa_linear", "kappa
                     "ppv_binary", "npv_binary", "severe_sensitivity", "auroc_binary", "brier_binary", "rsna_weighted_log_loss")  # fmt: skip
 
 
-def roc_figure(roc: list[dict[str, Any]], auroc: float | None) -> str:
-    """ROC curve of the binarized (>= moderate) outcome as a PNG data URI."""
-    fig, ax = plt.subplots(figsize=(3.6, 3.4))
-    points = pd.DataFrame(roc)
-    ax.plot(points["fpr"], points["tpr"], color=OKABE_ITO[0], label=f"model (AUROC {auroc:.3f})" if auroc is not None else "model")
-    ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="chance")
+def _by_group(curves: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The first fairness grouping's per-group curves (vendor in the demo), if any."""
+    for name, groups in curves.get("by_group", {}).items():
+        return name, groups
+    return None
+
+
+def roc_figure(curves: dict[str, Any], auroc: float | None) -> str:
+    """ROC curves of the binarized (>= moderate) outcome, overall and per group, as a PNG data URI."""
+    fig, ax = plt.subplots(figsize=(3.8, 3.6))
+    points = pd.DataFrame(curves["roc"])
+    ax.plot(points["fpr"], points["tpr"], color="black", linewidth=2, label=f"all (AUROC {auroc:.3f})" if auroc is not None else "all")
+    split = _by_group(curves)
+    if split:
+        for i, (group, c) in enumerate(split[1].items()):
+            g = pd.DataFrame(c["roc"])
+            ax.plot(g["fpr"], g["tpr"], color=OKABE_ITO[i % len(OKABE_ITO)], linestyle=("-", "--", ":", "-.")[i % 4], linewidth=1, label=f"{split[0]} {group}")
+    ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=">= moderate", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     return to_data_uri(fig)
 
 
-def calibration_figure(bins: list[dict[str, Any]]) -> str:
-    """Reliability curve (observed share against mean predicted probability per bin), marker area ~ count."""
-    fig, ax = plt.subplots(figsize=(3.6, 3.4))
-    b = pd.DataFrame(bins)
-    ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="perfect calibration")
-    ax.plot(b["mean_predicted"], b["observed"], color=OKABE_ITO[1], marker=MARKERS[1], label="model")
+def calibration_figure(curves: dict[str, Any]) -> str:
+    """Reliability curves (observed share against mean predicted probability per bin), overall and per group."""
+    fig, ax = plt.subplots(figsize=(3.8, 3.6))
+    ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=0.8, label="perfect calibration")
+    b = pd.DataFrame(curves["reliability"])
+    ax.plot(b["mean_predicted"], b["observed"], color="black", marker="o", linewidth=2, label="all")
+    split = _by_group(curves)
+    if split:
+        for i, (group, c) in enumerate(split[1].items()):
+            g = pd.DataFrame(c["reliability"])
+            ax.plot(g["mean_predicted"], g["observed"], color=OKABE_ITO[i % len(OKABE_ITO)], marker=MARKERS[(i + 1) % len(MARKERS)], linewidth=1, label=f"{split[0]} {group}")
     ax.set(xlabel="mean predicted P(>= moderate)", ylabel="observed share", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7)
     return to_data_uri(fig)
 
 
@@ -66,6 +83,6 @@ def render_grading_report(doc: dict[str, Any]) -> str:
     overall = metrics[metrics["breakdown"] == "all"].set_index("metric")["value"]
     figures = {}
     if doc["curves"]:
-        figures["roc"] = roc_figure(doc["curves"]["roc"], overall.get("auroc_binary"))
-        figures["calibration"] = calibration_figure(doc["curves"]["reliability"])
+        figures["roc"] = roc_figure(doc["curves"], overall.get("auroc_binary"))
+        figures["calibration"] = calibration_figure(doc["curves"])
     return _ENV.get_template("grading.html.j2").render(doc=doc, summary_columns=columns, summary=summary, matrices=_matrices(doc), figures=figures)

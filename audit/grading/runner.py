@@ -89,6 +89,10 @@ def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
     return _clean(table.to_dict(orient="records"))
 
 
+def _curves(yb: np.ndarray, score: np.ndarray, n_bins: int) -> dict[str, Any]:
+    return {"roc": _records(gm.roc_points(yb, score).replace(np.inf, np.nan)), "reliability": _records(gm.reliability_bins(yb, score, n_bins))}
+
+
 def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
     """Every number of the grading report from a tidy grading table (see :mod:`audit.grading.tables`)."""
     scale = audit.scale
@@ -110,7 +114,11 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
     if all(c in paired.columns for c in probs):
         yb = (paired["grade_ref"].to_numpy() >= scale.positive_from).astype(int)
         score = gm.positive_score(paired[probs].to_numpy(dtype=np.float64), scale.positive_from)
-        curves = {"roc": _records(gm.roc_points(yb, score).replace(np.inf, np.nan)), "reliability": _records(gm.reliability_bins(yb, score, audit.calibration_bins))}
+        curves = _curves(yb, score, audit.calibration_bins)
+        curves["by_group"] = {
+            g: {str(v): _curves(yb[idx], score[idx], audit.calibration_bins) for v, idx in paired.groupby(paired[g].astype(str)).indices.items()}
+            for g in audit.fairness_groups if g in paired.columns
+        }
         if scale.n_grades == len(gm.RSNA_WEIGHTS):
             per_condition = {c: gm.weighted_log_loss(sub["grade_ref"].to_numpy(), sub[probs].to_numpy(dtype=np.float64)) for c, sub in paired.groupby("condition")}
             spinal = paired[paired["condition"] == "spinal_canal_stenosis"]

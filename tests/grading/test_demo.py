@@ -98,6 +98,10 @@ def test_confusion_counts_rsna_terms_curves_and_agreement(grading_demo):
     roc = pd.DataFrame(doc["curves"]["roc"])
     np.testing.assert_allclose(roc["fpr"], fpr, atol=TOL)
     np.testing.assert_allclose(roc["tpr"], tpr, atol=TOL)
+    for vendor, sub in paired.groupby("vendor"):
+        fpr, tpr, _ = skm.roc_curve(sub["grade_ref"] >= 1, sub[["p_1", "p_2"]].sum(axis=1), drop_intermediate=False)
+        roc = pd.DataFrame(doc["curves"]["by_group"]["vendor"][vendor]["roc"])
+        np.testing.assert_allclose(roc[["fpr", "tpr"]].to_numpy(), np.column_stack([fpr, tpr]), atol=TOL)
     wide = grades.pivot_table(index=["case", "level", "condition", "side"], columns="reader", values="grade")
     for pair in doc["agreement"]["pairs"]:
         a, b = wide[pair["rater_a"]].astype(int), wide[pair["rater_b"]].astype(int)
