@@ -313,7 +313,7 @@ def stage_stats(ctx: StageContext) -> None:
         protocol=protocol, model=folder.read_model(), manifest=manifest, metric_table=metric_table, names=names, results=results,
         table1=table1, failures=failures, started=ctx.started, finished=dt.datetime.now(dt.timezone.utc), command=ctx.command,
     )  # fmt: skip
-    tables = {name: getattr(results, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance")}
+    tables = {name: getattr(results, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance", "new_site")}
     folder.write_tables({**tables, "table1": table1})
     folder.write_results(document)
     ctx.progress("stats", 1, 1)

@@ -115,6 +115,8 @@ class StatisticsSettings:
     failure_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     failure_interval: Literal["wilson", "clopper_pearson"] = "wilson"
     gap_test: Literal["auto", "permutation"] = "auto"
+    #: How failed cases count in acceptance criteria: scored at the metric's worst value (default) or left out.
+    failure_policy: Literal["worst_value", "complete_case"] = "worst_value"
     permutation_iterations: int = 10_000
     adjusted_model: AdjustedModelSettings = dataclasses.field(default_factory=AdjustedModelSettings)
 
@@ -127,7 +129,9 @@ class AcceptanceCriterion:
     (share of cases beyond ``statistics.failure_thresholds``), the ``gap_vs_reference`` (largest absolute
     gap of any group to the reference group of ``scope``) or ``gap_worst_best``. ``bound`` says whether the
     lower or upper confidence bound (or the point estimate) is compared with ``threshold`` by ``operator``.
-    ``scope`` is ``overall`` or a subgroup axis (every group of that axis must pass). ``structure`` is a
+    ``scope`` is ``overall``, ``new_site`` (the 95% prediction interval of the mean at a new site from the
+    random-effects meta-analysis of site means; ``estimate: mean`` only) or a subgroup axis (every group of
+    that axis must pass). ``structure`` is a
     structure name or ``all`` (every protocol structure must pass).
     """
 
@@ -340,11 +344,13 @@ def _check_semantics(protocol: Protocol) -> None:
             raise ProtocolError(f"{where}.metric: must be one of the protocol's metrics {sorted(metric_names)}; found {crit.metric!r}")
         if crit.structure != "all" and crit.structure not in protocol.structures:
             raise ProtocolError(f"{where}.structure: allowed values are 'all' or {list(protocol.structures)}; found {crit.structure!r}")
-        axes = ("overall", *protocol.subgroups.columns)
+        axes = ("overall", "new_site", *protocol.subgroups.columns)
         if crit.scope not in axes:
             raise ProtocolError(f"{where}.scope: allowed values are {list(axes)}; found {crit.scope!r}")
-        if crit.estimate.startswith("gap") and crit.scope == "overall":
-            raise ProtocolError(f"{where}.scope: a gap estimate needs a subgroup axis, not 'overall'")
+        if crit.scope == "new_site" and crit.estimate != "mean":
+            raise ProtocolError(f"{where}.estimate: scope 'new_site' judges the mean (its prediction interval for a new site); found {crit.estimate!r}")
+        if crit.estimate.startswith("gap") and crit.scope in ("overall", "new_site"):
+            raise ProtocolError(f"{where}.scope: a gap estimate needs a subgroup axis, not {crit.scope!r}")
         if crit.estimate == "failure_rate" and crit.metric not in stats.failure_thresholds:
             raise ProtocolError(f"{where}.metric: failure_rate needs statistics.failure_thresholds.{crit.metric}")
     ids = [c.id for c in protocol.acceptance]

@@ -9,7 +9,7 @@ Between groups (Fairlearn's ``method="between_groups"``, ``agg="worst_case"``):
 
 Intervals: one cluster bootstrap (:func:`audit.stats.bootstrap.cluster_bootstrap_means`) resamples patients,
 keeping all of a drawn patient's levels, stratified by the patient's group when the group is constant within
-patients; every rate is a ratio of summed counts, so one weight matrix serves every group, rate and difference.
+patients (the rescaled stratified bootstrap of :mod:`audit.stats.bootstrap`, one-patient strata merged first); every rate is a ratio of summed counts, so one weight matrix serves every group, rate and difference.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from audit.stats.acceptance import criterion_status
-from audit.stats.bootstrap import cluster_bootstrap_means, percentile_interval
+from audit.stats.bootstrap import cluster_bootstrap_means, merge_small_strata, percentile_interval
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,9 @@ def bootstrap_group_rates(
     strata = None
     if (patient_groups == 1).all():
         first = paired.groupby(paired["patient_id"].astype(str))[group].first().astype(str).reindex(patients)
-        strata = pd.Categorical(first).codes
+        strata, merged = merge_small_strata(pd.Categorical(first).codes)
+        if merged:
+            logger.info("%s: one-patient groups %s resampled with another stratum", group, merged)
     else:
         logger.info("%s varies within patients: the bootstrap is not stratified by it", group)
     boot = cluster_bootstrap_means(sums, dens, n_resamples=n_resamples, rng=np.random.default_rng(seed), strata=strata)

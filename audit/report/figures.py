@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
 import numpy as np
 import pandas as pd
 
@@ -112,10 +113,15 @@ def intersection_heatmap(estimates: pd.DataFrame, *, axis: str, metric: str, str
         s = sub[sub["structure"] == structure]
         grid = s.pivot(index="row", columns="col", values="mean").reindex(index=rows, columns=cols)
         counts = s.pivot(index="row", columns="col", values="n_patients").reindex(index=rows, columns=cols)
+        small = s.pivot(index="row", columns="col", values="descriptive_only").reindex(index=rows, columns=cols) if "descriptive_only" in s else None
         image = ax.imshow(grid.to_numpy(dtype=float), cmap="cividis", vmin=vmin, vmax=vmax, aspect="auto")
         for (r, c), value in np.ndenumerate(grid.to_numpy(dtype=float)):
             n = counts.iat[r, c]
-            if np.isfinite(value):
+            if small is not None and np.isfinite(value) and bool(small.iat[r, c] is True or small.iat[r, c] == 1):
+                # below min_group_size: hatched and labelled, so a tiny cell's colour is not read as a finding
+                ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.85", linewidth=0))
+                ax.text(c, r, f"{value:.3f}\nn={int(n)}\nnot tested", ha="center", va="center", fontsize=6, color="white" if value < (vmin + vmax) / 2 else "black")
+            elif np.isfinite(value):
                 ax.text(c, r, f"{value:.3f}\nn={int(n)}", ha="center", va="center", fontsize=7, color="white" if value < (vmin + vmax) / 2 else "black")
             else:
                 ax.text(c, r, "no cases", ha="center", va="center", fontsize=6, color="0.4")
@@ -124,7 +130,7 @@ def intersection_heatmap(estimates: pd.DataFrame, *, axis: str, metric: str, str
         ax.set_title(structure.replace("_", " "), fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=list(panels[0]), shrink=0.8, label=metric)
-    fig.suptitle(f"{metric} by {axis} (n = patients)", fontsize=10)
+    fig.suptitle(f"{metric} by {axis} (n = patients; hatched: below min_group_size, not tested)", fontsize=10)
     return to_data_uri(fig)
 
 

@@ -59,6 +59,7 @@ ROW_FIELDS: Mapping[str, tuple[str, ...]] = {
     "statistics.adjusted": ("metric", "structure", "model", "term", "estimate", "ci_low", "ci_high", "p_value", "n_obs", "n_groups"),
     "statistics.acceptance": ("id", "description", "metric", "structure", "scope", "group", "estimate", "bound", "operator", "threshold",
                               "value", "status", "reason"),
+    "statistics.new_site": ("structure", "metric", "n_sites", "pooled_mean", "ci_low", "ci_high", "tau2", "pi_low", "pi_high", "population"),
     "failures": ("case_id", "site", "stage", "error_type", "error"),
     "harmonization.warnings": ("site", "warning", "n_cases"),
     "harmonization.metadata_completeness": ("site", "column", "known", "unknown"),

@@ -1,5 +1,7 @@
 """The statistics layer: subgroup estimates with cluster-bootstrap intervals, gaps and tests with
-multiplicity control, adjusted mixed models, equivalence, power, paired comparisons and acceptance."""
+multiplicity control (site-level axes at the site level, simultaneous largest-gap intervals), adjusted mixed
+models with identifiability checks, new-site meta-analysis, equivalence, power, paired comparisons and
+acceptance (failed cases counted by the pre-registered failure policy)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,15 @@ from audit.stats.compare import compare_models, compare_references, paired_diffe
 from audit.stats.gaps import adjust_pvalues
 from audit.stats.groups import add_age_band, age_band_labels
 from audit.stats.intervals import (
+    clopper_pearson_interval,
     minimum_detectable_difference,
+    proportion_interval,
     welch_tost,
     wilson_interval,
 )
+from audit.stats.maxt import largest_gap, max_t_pairwise
+from audit.stats.meta import new_site_table, random_effects, reml_tau2
+from audit.stats.sitelevel import site_level_columns
 
 __all__ = [
     "StatsResults",
@@ -45,4 +52,10 @@ __all__ = [
     "compare_models",
     "compare_references",
     "paired_differences",
+    "largest_gap",
+    "max_t_pairwise",
+    "random_effects",
+    "reml_tau2",
+    "new_site_table",
+    "site_level_columns",
 ]

@@ -19,20 +19,29 @@ import pandas as pd
 
 from audit.protocol import AcceptanceCriterion
 from audit.records import UNKNOWN
+from audit.stats.gaps import TESTED
 from audit.stats.groups import INTERSECTION_SEP
+from audit.stats.meta import NEW_SITE
+from audit.stats.sitelevel import CONFOUNDED, MIN_SITES_PER_LEVEL
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_acceptance", "criterion_status", "ACCEPTANCE_COLUMNS"]
+__all__ = ["evaluate_acceptance", "criterion_status", "ACCEPTANCE_COLUMNS", "NEW_SITE_SCOPE"]
 
-ACCEPTANCE_COLUMNS = ("id", "description", "metric", "structure", "scope", "group", "estimate", "bound", "operator", "threshold", "value", "status", "reason")
+#: The acceptance scope judged on the prediction interval for a new site.
+NEW_SITE_SCOPE = "new_site"
+
+ACCEPTANCE_COLUMNS = ("id", "description", "metric", "structure", "scope", "group", "estimate", "bound", "operator", "threshold", "value", "status", "reason",
+                      "value_complete_case", "status_complete_case", "population")  # fmt: skip
 _OPS = {">=": operator.ge, "<=": operator.le}
 _FIELDS = {"mean": ("mean", "ci_low", "ci_high"), "median": ("median", None, None), "failure_rate": ("failure_rate", "failure_ci_low", "failure_ci_high")}
 
 
 def _row(crit: AcceptanceCriterion, structure: str, group: str, value: float, status: str, reason: str) -> dict:
+    population = NEW_SITE if crit.scope == NEW_SITE_SCOPE else "these sites"
     return dict(id=crit.id, description=crit.description, metric=crit.metric, structure=structure, scope=crit.scope, group=group,
-                estimate=crit.estimate, bound=crit.bound, operator=crit.operator, threshold=crit.threshold, value=value, status=status, reason=reason)  # fmt: skip
+                estimate=crit.estimate, bound=crit.bound, operator=crit.operator, threshold=crit.threshold, value=value, status=status, reason=reason,
+                population=population)  # fmt: skip
 
 
 def _judge(crit: AcceptanceCriterion, value: float) -> tuple[str, str]:
@@ -70,12 +79,24 @@ def _small_known_groups(estimates: pd.DataFrame, crit: AcceptanceCriterion, stru
     return [str(g) for g in sub["group"] if UNKNOWN not in str(g).split(INTERSECTION_SEP)]
 
 
+def _confounded_groups(gaps: pd.DataFrame, crit: AcceptanceCriterion, structure: str) -> list[str]:
+    """Known levels of a site-level axis that occur at a single site (their comparisons are not tested)."""
+    sub = gaps[(gaps["axis"] == crit.scope) & (gaps["structure"] == structure) & (gaps["metric"] == crit.metric)]
+    sub = sub[sub["status"] == CONFOUNDED]
+    names = {str(g) for g in sub["group"]} | {str(r) for r in sub.loc[sub["n_sites_reference"] < MIN_SITES_PER_LEVEL, "reference"]}
+    return sorted(n for n in names if UNKNOWN not in n.split(INTERSECTION_SEP))
+
+
 def _gap_rows(crit: AcceptanceCriterion, gaps: pd.DataFrame, estimates: pd.DataFrame, structure: str) -> list[dict]:
     comparison = "vs_reference" if crit.estimate == "gap_vs_reference" else "worst_vs_best"
     sub = gaps[(gaps["axis"] == crit.scope) & (gaps["structure"] == structure) & (gaps["metric"] == crit.metric) & (gaps["comparison"] == comparison)]
-    sub = sub[~sub["descriptive_only"].astype(bool)]
+    confounded = _confounded_groups(gaps, crit, structure)
+    sub = sub[sub["status"] == TESTED]
     if sub.empty:
-        return [_row(crit, structure, "-", math.nan, "inconclusive", f"no {comparison} gap between groups of at least min_group_size patients")]
+        why = f"no {comparison} gap between groups of at least min_group_size patients"
+        if confounded:
+            why += f"; level(s) {', '.join(confounded)} occur at a single site: confounded with site, not tested"
+        return [_row(crit, structure, "-", math.nan, "inconclusive", why)]
     lo, hi, diff = sub["diff_ci_low"].abs(), sub["diff_ci_high"].abs(), sub["difference"].abs()
     crosses_zero = (sub["diff_ci_low"] <= 0) & (sub["diff_ci_high"] >= 0)
     if crit.bound == "upper":
@@ -93,7 +114,25 @@ def _gap_rows(crit: AcceptanceCriterion, gaps: pd.DataFrame, estimates: pd.DataF
     if status == "pass" and small:  # an untested small group could hold a larger gap: it would decide the criterion
         status = "inconclusive"
         reason += f"; but group(s) {', '.join(small)} have fewer than min_group_size patients, are not in the gaps, and could decide it"
+    if status == "pass" and confounded:  # a level seen at one site cannot be separated from that site
+        status = "inconclusive"
+        reason += f"; but level(s) {', '.join(confounded)} occur at a single site (confounded with site, not tested) and could decide it"
     return [_row(crit, structure, label, float(np.asarray(values)[i]), status, reason)]
+
+
+def _new_site_rows(crit: AcceptanceCriterion, new_site: pd.DataFrame | None, structure: str) -> list[dict]:
+    """``scope: new_site``: the prediction interval for a new site (lower/upper) or the pooled mean (point)."""
+    sub = new_site[(new_site["structure"] == structure) & (new_site["metric"] == crit.metric)] if new_site is not None else pd.DataFrame()
+    if sub.empty:
+        return [_row(crit, structure, NEW_SITE, math.nan, "inconclusive", "no new-site meta-analysis for this structure and metric")]
+    rec = sub.iloc[0]
+    field = {"lower": "pi_low", "upper": "pi_high", "point": "pooled_mean"}[crit.bound]
+    value = float(rec[field])
+    if not np.isfinite(value):
+        return [_row(crit, structure, NEW_SITE, value, "inconclusive", f"no new-site value ({rec['note'] or 'not estimable'})")]
+    status, reason = _judge(crit, value)
+    what = "pooled mean over sites" if crit.bound == "point" else f"{crit.bound} end of the 95% prediction interval for a new site"
+    return [_row(crit, structure, NEW_SITE, value, status, f"{what} ({int(rec['n_sites'])} sites): {reason}")]
 
 
 def evaluate_acceptance(
@@ -104,13 +143,20 @@ def evaluate_acceptance(
     gaps: pd.DataFrame,
     structures: Sequence[str],
     min_group_size: int,
+    new_site: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Judge every criterion; the table has one row per criterion x structure (x group)."""
+    """Judge every criterion; the table has one row per criterion x structure (x group).
+
+    ``scope: new_site`` judges the random-effects prediction interval for a new site (``new_site`` table of
+    :func:`audit.stats.meta.new_site_table`): ``lower``/``upper`` its ends, ``point`` the pooled mean.
+    """
     rows: list[dict] = []
     for crit in criteria:
         targets = list(structures) if crit.structure == "all" else [crit.structure]
         for structure in targets:
-            if crit.estimate in _FIELDS:
+            if crit.scope == NEW_SITE_SCOPE:
+                rows.extend(_new_site_rows(crit, new_site, structure))
+            elif crit.estimate in _FIELDS:
                 source = overall if crit.scope == "overall" else group_estimates
                 rows.extend(_estimate_rows(crit, source, structure, min_group_size))
             else:

@@ -4,12 +4,17 @@
 patients have repeated exams, a patient variance component nested in site (statsmodels MixedLM, REML).
 Categorical factors use the largest level as reference; ``Unknown`` is kept as a level of its own. For
 bounded metrics (Dice, IoU, NSD) a second fit on the logit scale is reported, for other (skewed) metrics a
-rank-based fit on rank-inverse-normal scores. Confounding with site (a factor, or some of its levels, occurring
-at a single site) is named in a warning. With fewer than three sites
-the random site intercept cannot be estimated: OLS with patient-clustered standard errors is used instead,
-and said so. Every statsmodels warning is captured into the result's warnings, never raised.
-"""
+rank-based fit on rank-inverse-normal scores.
 
+Before every fit the design is checked against the site indicators (:mod:`audit.stats.identify`): a level seen at
+a single site is confounded with that site, and site-level terms (constant within site) need between-site degrees
+of freedom; both are shown as ``not identifiable`` with no estimate, and the model keeps the other terms. Identified site-level terms
+use Student-t with the between-site degrees of freedom. After the fit, a REML log-likelihood that is flat in the
+site variance makes the site-level terms not identifiable as well. With fewer than three sites (or when the
+mixed model cannot be fitted) OLS with site as a fixed effect is used: HC3 standard errors without repeated
+exams, CR2 patient-clustered ones with them (none below ``MIN_CLUSTERS`` patients), and said so. statsmodels'
+warnings become plain sentences in the results' warnings and in the ``note`` column, never raised.
+"""
 from __future__ import annotations
 
 import logging
@@ -25,12 +30,21 @@ from scipy import stats
 
 from audit.protocol import AdjustedModelSettings
 from audit.records import EVALUABLE_STATUSES
+from audit.stats.identify import (
+    MIN_CLUSTERS,
+    between_site_df,
+    cr2_covariance,
+    flat_site_variance,
+    single_site_indicators,
+    site_level_design_columns,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["adjusted_effects", "ADJUSTED_COLUMNS", "confounding_warnings"]
 
-ADJUSTED_COLUMNS = ("metric", "structure", "model", "term", "estimate", "ci_low", "ci_high", "p_value", "n_obs", "n_groups")
+ADJUSTED_COLUMNS = ("metric", "structure", "model", "term", "estimate", "se", "ci_low", "ci_high", "p_value", "df", "unit", "status", "note",
+                    "n_obs", "n_groups")  # fmt: skip
 NUMERIC_FACTORS = ("age_years", "field_strength_t")
 _EPS = 1e-3
 _SPARSE_FROM = 150  # patients in the largest site above which the patient design is sparse
@@ -99,46 +113,168 @@ def _design(df: pd.DataFrame, factors: list[str], notes: list[str]) -> tuple[str
     return " + ".join(parts) or "1", references, kept
 
 
-def _fit(df: pd.DataFrame, formula: str, groups: str, level: float, notes: list[str]) -> tuple[str, pd.DataFrame, int]:
-    n_groups = df[groups].nunique()
-    repeats = df["patient_id"].duplicated().any()
+_PLAIN = {
+    "ConvergenceWarning": "the fit did not fully converge: treat these estimates with caution",
+    "HessianInversionWarning": "the information matrix could not be inverted: standard errors may be unreliable",
+}
+
+
+def _plain_messages(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """statsmodels' warnings as one plain sentence per kind (the library text is not shown)."""
+    out = []
+    for w in caught:
+        name = type(w.message).__name__
+        text = str(w.message)
+        if "boundary" in text:
+            out.append("a variance component is estimated at its boundary (0)")
+        elif "not positive definite" in text or "singular" in text.lower():
+            out.append("a variance estimate sits at the edge of its range (singular covariance): standard errors may be unreliable")
+        elif name in _PLAIN:
+            out.append(_PLAIN[name])
+        elif name != "RuntimeWarning":
+            out.append(f"numerical note from the fitting library ({name})")
+    return list(dict.fromkeys(out))
+
+
+def _design_frame(df: pd.DataFrame, rhs: str) -> pd.DataFrame:
+    """The fixed-effect design matrix (patsy) with the intercept, rows aligned with ``df``."""
+    return patsy.dmatrix(rhs, df, return_type="dataframe").set_index(df.index)
+
+
+def _identified(
+    df: pd.DataFrame, design: pd.DataFrame, groups: str, notes: list[str]
+) -> tuple[pd.DataFrame, list[str], dict[str, str], int, bool]:
+    """Check the design against the site indicators before a fit.
+
+    Returns the design to fit, the site-level columns kept, the columns left out with the reason, the
+    between-site degrees of freedom and whether a random site intercept can be fitted.
+    """
+    sites = df[groups].to_numpy()
+    n_sites = int(pd.unique(sites).size)
+    site_cols = site_level_design_columns(design, sites)
+    dropped: dict[str, str] = {}
+    if n_sites >= 3:
+        lonely = single_site_indicators(design, sites, site_cols)
+        for c, site in lonely.items():
+            dropped[c] = f"not identifiable: this level occurs at a single {groups} ({site}), so its effect is confounded with that {groups}"
+        if lonely:
+            notes.append(f"{len(lonely)} site-level level(s) occur at a single {groups} and are shown without estimates (confounded with site)")
+            design = design.drop(columns=list(lonely))
+            site_cols = [c for c in site_cols if c not in lonely]
+        bdf = between_site_df(design, sites, site_cols)
+        if site_cols and bdf < 1:
+            for c in site_cols:
+                dropped[c] = (f"not identifiable: with {n_sites} sites the site-level terms and the intercept leave no between-site "
+                              f"degrees of freedom (the site variance and these effects are not separable)")  # fmt: skip
+            notes.append(f"site-level terms ({len(site_cols)} design column(s)) are not identifiable with {n_sites} sites and are shown without "
+                         f"estimates; the model keeps the patient-level terms and the random {groups} intercept")  # fmt: skip
+            return design.drop(columns=site_cols), [], dropped, 0, True
+        return design, site_cols, dropped, bdf, True
+    # one or two sites: a fixed site effect (two sites) absorbs every site-level column
+    for c in site_cols:
+        dropped[c] = f"not identifiable: with {n_sites} sites a site-level effect is the difference between the sites"
+    return design.drop(columns=site_cols), [], dropped, 0, False
+
+
+def _fit(df: pd.DataFrame, design: pd.DataFrame, groups: str, level: float, *, mixed: bool,
+         site_cols: Sequence[str], between_df: int) -> tuple[str, pd.DataFrame, int, list[str]]:  # fmt: skip
+    """Fit the mixed model (or OLS with site fixed effects and small-sample robust standard errors).
+
+    Returns the model kind, the coefficient table (term, estimate, se, ci_low, ci_high, p_value, df, unit),
+    the number of sites and the plain warnings of this fit.
+    """
+    n_groups = int(df[groups].nunique())
+    repeats = bool(df["patient_id"].duplicated().any())
+    safe = {c: f"_x{i}" for i, c in enumerate(design.columns)}
+    data = pd.concat([df[["_y", groups, "patient_id"]], design.rename(columns=safe)], axis=1)
+    formula = "_y ~ 0 + " + " + ".join(safe.values())
+    fit_notes: list[str] = []
+    kind = "mixedlm"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            if n_groups >= 3:
-                vc = {"patient": "0 + C(patient_id)"} if repeats else None
-                # re_formula="1" keeps the random site intercept: statsmodels drops it when vc_formula is given
-                # alone. A sparse patient design gives identical estimates; it is 2-3x faster with hundreds of
-                # patients per site and slower (overhead) with few.
-                sparse = bool(repeats and df.groupby(groups)["patient_id"].nunique().max() > _SPARSE_FROM)
-                model = smf.mixedlm(formula, df, groups=df[groups], re_formula="1", vc_formula=vc, use_sparse=sparse)
-                result = model.fit(reml=True, method=["lbfgs", "powell"])
-                kind = "mixedlm"
-                names = [n for n in result.fe_params.index]
-            else:
+            if not mixed:
                 raise np.linalg.LinAlgError(f"only {n_groups} {groups}(s): a random {groups} intercept cannot be estimated")
+            vc = {"patient": "0 + C(patient_id)"} if repeats else None
+            # re_formula="1" keeps the random site intercept: statsmodels drops it when vc_formula is given
+            # alone. A sparse patient design gives identical estimates; it is 2-3x faster with hundreds of
+            # patients per site and slower (overhead) with few.
+            sparse = bool(repeats and df.groupby(groups)["patient_id"].nunique().max() > _SPARSE_FROM)
+            model = smf.mixedlm(formula, data, groups=data[groups], re_formula="1", vc_formula=vc, use_sparse=sparse)
+            result = model.fit(reml=True, method=["lbfgs", "powell"])
+            estimate = result.fe_params.to_numpy()
+            se = np.asarray(result.bse_fe, dtype=float)
+            flat, span = flat_site_variance(model, result)
         except (np.linalg.LinAlgError, ValueError) as exc:
-            notes.append(f"mixed model not fitted ({exc}); OLS with patient-clustered standard errors instead")
-            codes = pd.factorize(df["patient_id"])[0]
-            result = smf.ols(formula, df).fit(cov_type="cluster", cov_kwds={"groups": codes})
-            kind = "ols_cluster"
-            names = list(result.params.index)
-        ci = result.conf_int(alpha=1.0 - level)  # standard errors are computed lazily: inside the capture
-        table = pd.DataFrame(
-            {"term": names, "estimate": result.params[names].to_numpy(), "ci_low": ci.loc[names, 0].to_numpy(),
-             "ci_high": ci.loc[names, 1].to_numpy(), "p_value": result.pvalues[names].to_numpy()}
-        )  # fmt: skip
-    messages = [f"{type(w.message).__name__}: {w.message}" for w in caught]
-    if kind == "mixedlm" and any(("boundary" in m) or ("singular" in m) for m in messages):
-        zero = _zero_variances(result, groups)
-        if zero:  # a variance at 0 explains the boundary, singular-covariance and log(0) messages: say it once, plainly
-            notes.append(
-                f"{kind}: the {' and '.join(zero)} variance is estimated at or near 0 (below 1% of the residual variance, at the "
-                f"boundary of the parameter space): those units differ little more than chance predicts"
-            )
-            messages = [m for m in messages if not m.startswith(("RuntimeWarning", "SingularMatrixWarning")) and "boundary" not in m]
-    notes.extend(f"{kind}: {m}" for m in messages)
-    return kind, table, int(n_groups)
+            kind = "ols"
+            table, ols_note = _ols(data, design, groups, repeats, exc, level)
+            fit_notes.append(ols_note)
+        messages = _plain_messages(caught)
+    if kind == "mixedlm":
+        if messages and any("boundary" in m or "singular" in m for m in messages):
+            zero = _zero_variances(result, groups)
+            if zero:  # a variance at 0 explains the boundary and singular-covariance messages: say it once, plainly
+                fit_notes.append(
+                    f"the {' and '.join(zero)} variance is estimated at or near 0 (below 1% of the residual variance, at the "
+                    f"boundary of the parameter space): those units differ little more than chance predicts"
+                )
+                messages = [m for m in messages if "boundary" not in m and "singular" not in m]
+        z = stats.norm.ppf(0.5 + level / 2.0)
+        names = list(design.columns)
+        site_level = np.array([c in site_cols for c in names])
+        df_col = np.where(site_level, float(between_df), np.inf)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tstat = estimate / se
+        crit = np.where(site_level, stats.t.ppf(0.5 + level / 2.0, np.maximum(df_col, 1)), z)
+        p = np.where(site_level, 2 * stats.t.sf(np.abs(tstat), np.maximum(df_col, 1)), 2 * stats.norm.sf(np.abs(tstat)))
+        table = pd.DataFrame({"term": names, "estimate": estimate, "se": se, "ci_low": estimate - crit * se, "ci_high": estimate + crit * se,
+                              "p_value": p, "df": df_col, "unit": np.where(site_level, "site", "patient"),
+                              "status": "estimated", "note": ""})  # fmt: skip
+        if flat:
+            fit_notes.append(f"the REML log-likelihood is flat in the {groups} variance (range {span:.2g} over a 10^6 range of that "
+                             f"variance): it is not identified, so site-level terms get no estimate")  # fmt: skip
+            table.loc[site_level, ["estimate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
+            table.loc[site_level, "status"] = "not identifiable"
+            table.loc[site_level, "note"] = f"not identifiable: flat likelihood in the {groups} variance"
+        elif site_level.any():
+            table.loc[site_level, "note"] = f"site-level term: Student-t with {between_df} between-site degree(s) of freedom"
+    fit_notes.extend(messages)
+    if messages:
+        table["note"] = [("; ".join(filter(None, [n, *messages]))) for n in table["note"]]
+    return kind, table, n_groups, fit_notes
+
+
+def _ols(data: pd.DataFrame, design: pd.DataFrame, groups: str, repeats: bool, reason: Exception, level: float) -> tuple[pd.DataFrame, str]:
+    """OLS with a fixed site effect; HC3 without repeated exams, CR2 by patient with them (none below MIN_CLUSTERS)."""
+    import statsmodels.api as sm
+
+    site_dummies = pd.get_dummies(data[groups].astype(str), prefix="_site", drop_first=True, dtype=float)
+    x = pd.concat([design, site_dummies], axis=1)
+    y = data["_y"].to_numpy(dtype=float)
+    names = list(design.columns)
+    n_clusters = int(data["patient_id"].nunique())
+    if not repeats:
+        result = sm.OLS(y, x).fit(cov_type="HC3", use_t=True)
+        est, se, dof = result.params[names].to_numpy(), result.bse[names].to_numpy(), float(result.df_resid)
+        how = "HC3 standard errors (one exam per patient: nothing to cluster)"
+    else:
+        result = sm.OLS(y, x).fit()
+        est = result.params[names].to_numpy()
+        dof = float(n_clusters - 1)
+        if n_clusters >= MIN_CLUSTERS:
+            cov = cr2_covariance(x.to_numpy(dtype=float), y - result.fittedvalues.to_numpy(), data["patient_id"].to_numpy())
+            se = np.sqrt(np.diag(cov))[: len(names)]
+            how = f"CR2 patient-clustered standard errors, t with {n_clusters - 1} df"
+        else:
+            se = np.full(len(names), np.nan)
+            how = f"no standard errors: {n_clusters} patient clusters are fewer than {MIN_CLUSTERS}"
+    q = stats.t.ppf(0.5 + level / 2.0, dof)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = 2 * stats.t.sf(np.abs(est / se), dof)
+    table = pd.DataFrame({"term": names, "estimate": est, "se": se, "ci_low": est - q * se, "ci_high": est + q * se, "p_value": p,
+                          "df": dof, "unit": "patient", "status": "estimated", "note": how})  # fmt: skip
+    fixed = " with site as a fixed effect" if site_dummies.shape[1] else ""
+    return table, f"mixed model not fitted ({reason}); OLS{fixed} and {how} instead"
 
 
 def _zero_variances(result, groups: str) -> list[str]:
@@ -205,6 +341,8 @@ def adjusted_effects(
         notes.extend(f"adjusted model: {w}" for w in confounding_warnings(df, factors, settings.groups))
         fit_notes: list[str] = []
         rhs, references, _ = _design(df, factors, fit_notes)
+        design = _design_frame(df, rhs)
+        design, site_cols, dropped, between_df, mixed = _identified(df, design, settings.groups, fit_notes)
         scales = [("", df["value"].astype(float))]
         if bounded.get(settings.metric, False):
             clipped = df["value"].astype(float).clip(_EPS, 1 - _EPS)
@@ -213,7 +351,13 @@ def adjusted_effects(
             scales.append(("_rank", pd.Series(_rank_normal(df["value"]), index=df.index)))
         for suffix, y in scales:
             data = df.assign(_y=y.to_numpy())
-            kind, table, n_groups = _fit(data, f"_y ~ {rhs}", settings.groups, level, fit_notes)
+            kind, table, n_groups, notes_here = _fit(data, design, settings.groups, level, mixed=mixed, site_cols=site_cols,
+                                                      between_df=between_df)  # fmt: skip
+            fit_notes.extend(notes_here)
+            if dropped:
+                table = pd.concat([table, pd.DataFrame({"term": list(dropped), "estimate": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                                                        "p_value": np.nan, "df": np.nan, "unit": "site", "status": "not identifiable",
+                                                        "note": list(dropped.values())})], ignore_index=True)  # fmt: skip
             table["term"] = [_term_label(t, references) for t in table["term"]]
             table.insert(0, "model", kind + suffix)
             table.insert(0, "structure", structure)

@@ -22,17 +22,65 @@ __all__ = [
     "jackknife_means",
     "percentile_interval",
     "bca_interval",
+    "merge_small_strata",
+    "MIN_STRATUM_PATIENTS",
 ]
 
+#: A stratum needs at least this many patients to be resampled on its own: a one-patient stratum is the same
+#: patient in every resample and would add no variance (intervals too narrow). Smaller strata are merged.
+MIN_STRATUM_PATIENTS = 2
 
-def patient_weights(rng: np.random.Generator, n_patients: int, n_resamples: int) -> np.ndarray:
+
+def merge_small_strata(strata: np.ndarray, min_size: int = MIN_STRATUM_PATIENTS) -> tuple[np.ndarray, list[int]]:
+    """Merge strata with fewer than ``min_size`` patients so that every stratum varies across resamples.
+
+    All small strata are pooled into one; if that pool still has fewer than ``min_size`` patients it joins
+    the smallest adequate stratum; if no stratum is adequate every patient lands in one stratum.
+
+    Parameters
+    ----------
+    strata : numpy.ndarray
+        (P,) integer stratum code of each patient.
+    min_size : int
+        Smallest stratum resampled on its own.
+
+    Returns
+    -------
+    tuple
+        The new codes (P,) and the sorted list of the original codes that were merged.
+
+    Examples
+    --------
+    >>> codes, merged = merge_small_strata(np.array([0, 0, 0, 1, 2, 2]))
+    >>> codes.tolist(), merged
+    ([0, 0, 0, 2, 2, 2], [1])
+    """
+    strata = np.asarray(strata)
+    labels, sizes = np.unique(strata, return_counts=True)
+    small = labels[sizes < min_size]
+    if small.size == 0:
+        return strata.copy(), []
+    out = strata.copy()
+    is_small = np.isin(strata, small)
+    adequate = labels[sizes >= min_size]
+    if is_small.sum() >= min_size or adequate.size == 0:
+        target = small[0] if adequate.size else labels[0]
+        out[is_small if adequate.size else np.ones_like(is_small)] = target
+    else:  # one patient alone: join the smallest stratum that can be resampled
+        target = adequate[np.argmin(sizes[sizes >= min_size])]
+        out[is_small] = target
+    return out, [int(v) for v in small]
+
+
+def patient_weights(rng: np.random.Generator, n_patients: int, n_resamples: int, n_draws: int | None = None) -> np.ndarray:
     """Draw counts ``W`` (n_resamples x n_patients): patient ``j`` drawn ``W[b, j]`` times in resample ``b``.
 
-    Each row sums to ``n_patients`` (a bootstrap sample of the same size as the data).
+    Each row sums to ``n_draws`` (default ``n_patients``: a bootstrap sample of the same size as the data).
     """
     if n_patients < 1:
         raise ValueError(f"n_patients: must be at least 1; found {n_patients}")
-    draws = rng.integers(0, n_patients, size=(n_resamples, n_patients))
+    n_draws = n_patients if n_draws is None else int(n_draws)
+    draws = rng.integers(0, n_patients, size=(n_resamples, n_draws))
     offsets = (np.arange(n_resamples) * n_patients)[:, None]
     counts = np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_patients)
     return counts.reshape(n_resamples, n_patients).astype(np.float64)
@@ -57,7 +105,10 @@ def cluster_bootstrap_means(
     rng : numpy.random.Generator
         Seeded generator.
     strata : numpy.ndarray, optional
-        (P,) stratum label of each patient; patients are resampled within strata.
+        (P,) stratum label of each patient; patients are resampled within strata. With two or more strata each
+        stratum of ``n_h >= 2`` patients gets ``n_h - 1`` draws weighted ``n_h / (n_h - 1)`` (rescaling bootstrap,
+        McCarthy and Snowden 1985), so small strata do not make the interval too narrow; merge strata of one
+        patient first (:func:`merge_small_strata`).
 
     Returns
     -------
@@ -72,9 +123,15 @@ def cluster_bootstrap_means(
         strata = np.zeros(sums.shape[0], dtype=np.int64)
     numerator = np.zeros((n_resamples, sums.shape[1]))
     denominator = np.zeros((n_resamples, sums.shape[1]))
+    stratified = np.unique(strata).size > 1
     for stratum in np.unique(strata):
         idx = np.flatnonzero(strata == stratum)
-        weights = patient_weights(rng, idx.size, n_resamples)
+        if stratified and idx.size >= 2:
+            # n_h - 1 draws rescaled by n_h / (n_h - 1) (McCarthy and Snowden 1985): an unbiased variance of the
+            # stratum mean even for small strata, where n_h draws understate it by the factor (n_h - 1) / n_h
+            weights = patient_weights(rng, idx.size, n_resamples, idx.size - 1) * (idx.size / (idx.size - 1))
+        else:
+            weights = patient_weights(rng, idx.size, n_resamples)
         numerator += weights @ sums[idx]
         denominator += weights @ counts[idx]
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -22,6 +22,7 @@ from audit.stats.bootstrap import (
     bca_interval,
     cluster_bootstrap_means,
     jackknife_means,
+    merge_small_strata,
     percentile_interval,
 )
 from audit.stats.intervals import proportion_interval
@@ -36,7 +37,7 @@ INTERSECTION_SEP = " x "
 ESTIMATE_COLUMNS = (
     "axis", "group", "structure", "metric", "n_cases", "n_patients", "n_failed", "n_both_empty", "n_nonfinite",
     "mean", "median", "sd", "ci_low", "ci_high", "ci_method", "failure_rate", "failure_ci_low", "failure_ci_high",
-    "mdd", "descriptive_only", "is_reference",
+    "mdd", "descriptive_only", "is_reference", "population",
 )  # fmt: skip
 
 
@@ -162,6 +163,10 @@ class GroupResult:
     table: pd.DataFrame  # estimate rows (ESTIMATE_COLUMNS minus mdd/is_reference, filled later)
     #: False when the group label is, or contains (intersections), ``Unknown``: never a reference, never worst/best.
     known: bool = True
+    #: Strata (e.g. sites of the overall estimate) with fewer than 2 patients, merged for the stratified bootstrap.
+    merged_strata: tuple[str, ...] = ()
+    #: Site of each patient (P,), aligned with ``patient_means``: the unit of site-level comparisons.
+    patient_sites: np.ndarray | None = None
 
 
 def group_result(
@@ -191,6 +196,7 @@ def group_result(
     patients = prepared.cases["patient_id"].to_numpy()[mask]
     codes, uniques = pd.factorize(patients)
     n_pat = len(uniques)
+    patient_sites = pd.Series(prepared.cases["site"].astype(str).to_numpy()[mask]).groupby(codes).first().to_numpy()
     has = ~np.isnan(values)
     sums = np.zeros((n_pat, values.shape[1]))
     counts = np.zeros_like(sums)
@@ -200,9 +206,12 @@ def group_result(
         estimate = sums.sum(axis=0) / counts.sum(axis=0)
         patient_means = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), np.nan)
     stratum_codes = None
+    merged: tuple[str, ...] = ()
     if strata is not None:
         per_patient = pd.Series(strata.to_numpy()[mask]).groupby(codes).first()
-        stratum_codes = pd.factorize(per_patient.to_numpy())[0]
+        stratum_codes, stratum_names = pd.factorize(per_patient.to_numpy())
+        stratum_codes, small = merge_small_strata(stratum_codes)
+        merged = tuple(str(stratum_names[i]) for i in small)
     if n_pat:
         boot = cluster_bootstrap_means(sums, counts, n_resamples=n_resamples, rng=rng, strata=stratum_codes)
     else:
@@ -237,8 +246,9 @@ def group_result(
                 "mean": float(estimate[k]),
                 "median": float(np.median(col)) if col.size else math.nan,
                 "sd": float(np.std(col, ddof=1)) if col.size > 1 else math.nan,
-                "ci_low": float(lo[k]),
-                "ci_high": float(hi[k]),
+                # one patient: every resample is that patient, a zero-width "interval" that says nothing
+                "ci_low": float(lo[k]) if n_patients[k] >= 2 else math.nan,
+                "ci_high": float(hi[k]) if n_patients[k] >= 2 else math.nan,
                 "ci_method": f"cluster bootstrap ({'BCa' if method == 'bca' and n_pat > 2 else 'percentile'}, {n_resamples} resamples, patients)",
                 "failure_rate": fr,
                 "failure_ci_low": flo,
@@ -246,4 +256,4 @@ def group_result(
                 "descriptive_only": bool(n_patients[k] < min_group_size),
             }
         )
-    return GroupResult(axis, group, estimate, boot, patient_means, n_cases, n_patients, pd.DataFrame(rows))
+    return GroupResult(axis, group, estimate, boot, patient_means, n_cases, n_patients, pd.DataFrame(rows), merged_strata=merged, patient_sites=patient_sites)
