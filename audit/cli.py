@@ -186,9 +186,15 @@ def run(
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Run the audit a protocol file pre-registers."""
+    from audit.grading.protocol import is_grading_protocol
     from audit.protocol import load_protocol
 
     _setup_logging(verbose)
+    if is_grading_protocol(protocol):
+        if until != "report" or from_stage != "sites":
+            raise UserError("--until/--from: a task: grading protocol runs in one step (audit/grading/runner.py)")
+        _grading_run(protocol, out, fail_on_criteria)
+        return
     proto = load_protocol(protocol)
     if out is None and from_stage != "sites":
         raise UserError("--from: needs --out, the run folder whose earlier outputs it reuses")
@@ -235,6 +241,17 @@ def demo(
     console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
 
 
+def _grading_run(protocol: Path, out: Optional[Path], fail_on_criteria: bool) -> None:
+    """``run`` of a ``task: grading`` protocol: the grading runner (audit/grading/runner.py), not the pipeline."""
+    from audit.grading.protocol import load_grading_protocol, read_grading_input
+    from audit.grading.runner import run_grading_table
+
+    proto = load_grading_protocol(protocol)
+    start = time.perf_counter()
+    table, failures = read_grading_input(proto)
+    _grading_summary(run_grading_table(table, failures, out or _default_run_dir(proto.name), proto.audit), start, fail_on_criteria)
+
+
 def _grading_demo(run_dir: Path, cases: Optional[int], seed: Optional[int], fail_on_criteria: bool) -> None:
     """``demo --task grading``: the self-contained grading runner (audit/grading/runner.py), not the pipeline."""
     from audit.grading.runner import run_grading_demo
@@ -242,7 +259,11 @@ def _grading_demo(run_dir: Path, cases: Optional[int], seed: Optional[int], fail
     if cases is not None and cases < 8:
         raise UserError(f"--cases: must be at least 8 (two per site); found {cases}")
     start = time.perf_counter()
-    result = run_grading_demo(run_dir, n_patients=cases, seed=seed)
+    _grading_summary(run_grading_demo(run_dir, n_patients=cases, seed=seed), start, fail_on_criteria)
+
+
+def _grading_summary(result: Any, start: float, fail_on_criteria: bool) -> None:
+    """Print a grading run's outcome; exit 3 on unmet criteria under --fail-on-criteria."""
     console.print(f"[bold]Run folder:[/bold] {result.run_dir}")
     console.print(f"Graded levels: {result.n_levels}   failed rows: {result.n_failed}   time: {time.perf_counter() - start:.1f} s")
     for cid, status in result.acceptance:

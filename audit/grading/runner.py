@@ -1,7 +1,8 @@
 """The self-contained grading audit runner: table in, ``grading_results.json`` and ``grading_report.html`` out.
 
-``spine-audit demo --task grading`` calls :func:`run_grading_demo`. The protocol/pipeline path
-(``task: grading`` in a protocol file, stages and resume) is not wired yet: this runner is the one entry point.
+``spine-audit demo --task grading`` calls :func:`run_grading_demo`. ``spine-audit run`` calls
+:func:`run_grading_table` for a protocol file with ``task: grading`` (:mod:`audit.grading.protocol`). The
+segmentation pipeline's stages, resume (``--from``/``--until``) and Table 1 are not used by grading runs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from audit.grading.tables import RSNA_SCALE, GradeScale, probability_columns, re
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GradingAudit", "GradingRun", "DEMO_CRITERIA", "RESULTS_NAME", "REPORT_NAME", "INPUT_NAME", "run_grading", "run_grading_demo"]
+__all__ = ["GradingAudit", "GradingRun", "DEMO_CRITERIA", "RESULTS_NAME", "REPORT_NAME", "INPUT_NAME", "run_grading", "run_grading_table", "run_grading_demo"]
 
 RESULTS_NAME = "grading_results.json"
 REPORT_NAME = "grading_report.html"
@@ -152,9 +153,14 @@ def results_json(computed: dict[str, Any], audit: GradingAudit, input_failures: 
 
 def run_grading(source: Path | pd.DataFrame, run_dir: Path, audit: GradingAudit = GradingAudit()) -> GradingRun:
     """Read a plain long grading table, compute everything, write the results JSON and the HTML report."""
+    table, input_failures = read_long_table(source, scale=audit.scale)
+    return run_grading_table(table, input_failures, run_dir, audit)
+
+
+def run_grading_table(table: pd.DataFrame, input_failures: list, run_dir: Path, audit: GradingAudit) -> GradingRun:
+    """Compute everything from a tidy grading table and its read failures; write the results JSON and the report."""
     from audit.grading.report import render_grading_report
 
-    table, input_failures = read_long_table(source, scale=audit.scale)
     computed = compute_grading(table, audit)
     doc = results_json(computed, audit, input_failures)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,21 +11,8 @@ import pytest
 from sklearn import metrics as skm
 
 from audit.grading.runner import GradingAudit, compute_grading
-from audit.grading.tables import RSNA_CONDITIONS, RSNA_LEVELS, read_rsna_submission, read_rsna_train
-
-LABELS = ["Normal/Mild", "Moderate", "Severe"]
-
-
-def rsna_study_tables(seed: int, n_studies: int = 12) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A random train.csv (all 25 columns) and a Dirichlet submission for the same studies."""
-    rng = np.random.default_rng(seed)
-    columns = [f"{c}_{lv}" for c in RSNA_CONDITIONS for lv in RSNA_LEVELS]
-    train = pd.DataFrame({"study_id": np.arange(1000, 1000 + n_studies)})
-    for col in columns:
-        train[col] = rng.choice(LABELS, n_studies, p=[0.6, 0.3, 0.1])
-    rows = [(f"{s}_{col}", *rng.dirichlet([2, 1, 1])) for s in train["study_id"] for col in columns]
-    return train, pd.DataFrame(rows, columns=["row_id", "normal_mild", "moderate", "severe"])
-
+from audit.grading.tables import read_rsna_submission, read_rsna_train
+from grading_builders import LABELS, rsna_study_tables
 
 def test_rsna_tables_score_like_the_competition_metric():
     train, sub = rsna_study_tables(0)
