@@ -1,7 +1,7 @@
 """Grading metrics as pure functions of integer grade arrays and class probabilities.
 
 Grades are integer codes ``0..k-1`` on an ordered :class:`~audit.grading.tables.GradeScale`. Every
-function here is checked against scikit-learn in ``tests/grading/test_metrics.py`` (definitions in
+function here is checked against scikit-learn in ``tests/grading/test_grading_metrics.py`` (definitions in
 docs/grading.md). Undefined values (a sensitivity without positives, an AUROC with one class) are NaN,
 never an exception, so that a small group is reported as "not estimable" rather than breaking a run.
 """
