@@ -7,7 +7,7 @@ builtin it refines (``ValueError``, ``FileNotFoundError``), so code that catches
 
 The whole family lives here; the modules that raise them re-export them (``audit.protocol.ProtocolError``,
 ``audit.sites.SiteConfigError``, ``audit.sites.SiteDataError``, ``audit.inference.spec.ModelSpecError``,
-``audit.harmonize.privacy.PrivacyError``).
+``audit.inference.trust.UntrustedModelError``, ``audit.harmonize.privacy.PrivacyError``).
 
 An ``OSError`` while writing the run folder or a package (no permission, a full or read-only disk) is a user
 error too: :func:`is_user_os_error` says which ``errno`` values count.
@@ -27,6 +27,7 @@ __all__ = [
     "SiteConfigError",
     "SiteDataError",
     "ModelSpecError",
+    "UntrustedModelError",
     "PrivacyError",
     "IncompleteRunError",
     "USER_OS_ERRNOS",
@@ -62,6 +63,11 @@ class SiteDataError(UserError, ValueError):
 
 class ModelSpecError(UserError, ValueError):
     """A protocol ``model:`` section or model card that does not follow the schema; the message names the field."""
+
+
+class UntrustedModelError(ModelSpecError):
+    """A model file or config asks for something spine-audit never does: run code, import a name outside an
+    allow-list, load a program without the protocol's pinned opt-in (``audit.inference.trust``)."""
 
 
 class PrivacyError(UserError, ValueError):

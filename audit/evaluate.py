@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from audit import ontology
+from audit.harmonize.loading import ReadLimits
 from audit.metrics import EmptyPolicy, compute_case_metrics, load_labels_with_affine
 from audit.records import CaseFailure, not_assessed_rows
 
@@ -32,6 +33,7 @@ class EvaluationSettings:
     structures: tuple[str, ...]
     metrics: tuple[str, ...]
     empty_policy: EmptyPolicy = EmptyPolicy()
+    limits: ReadLimits = ReadLimits()
 
     @property
     def granularity(self) -> str:
@@ -77,13 +79,9 @@ def not_annotated(structures: Sequence[str], annotated: Collection[str] | None) 
     return tuple(s for s in structures if not ontology.is_annotated(s, annotated))
 
 
-def _load_labels(path: str, what: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    try:
-        data, spacing, affine = load_labels_with_affine(path)
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        raise ValueError(f"{what} file {path!r} cannot be read: {type(exc).__name__}: {exc}") from exc
-    if data.ndim != 3:
-        raise ValueError(f"{what} file {path!r}: expected a 3D label volume; found shape {data.shape}")
+def _load_labels(path: str, role: str, limits: ReadLimits) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """A 3-D integer label volume through the guarded reader (its errors name the role, file and cause)."""
+    data, spacing, affine = load_labels_with_affine(path, limits=limits, role=role)
     return data, affine, spacing
 
 
@@ -107,8 +105,8 @@ def evaluate_case(
     """
     stage = "harmonize"
     try:
-        reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label")
-        prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction")
+        reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label", settings.limits)
+        prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction", settings.limits)
         if reference_raw.shape != prediction_raw.shape:
             raise ValueError(f"prediction shape {prediction_raw.shape} differs from reference shape {reference_raw.shape}")
         if not np.allclose(ref_affine, pred_affine, atol=AFFINE_ATOL_MM):

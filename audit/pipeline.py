@@ -147,7 +147,10 @@ def _failed_manifest_rows(failures: Sequence[CaseFailure], manifest: pd.DataFram
 def _evaluation_settings(protocol: Protocol) -> EvaluationSettings:
     names = metric_names(protocol.metrics.names, protocol.metrics.nsd_tolerances_mm)
     return EvaluationSettings(
-        structures=protocol.structures, metrics=names, empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance)
+        structures=protocol.structures,
+        metrics=names,
+        empty_policy=EmptyPolicy(missed_distance=protocol.metrics.missed_distance),
+        limits=protocol.limits,
     )
 
 
@@ -193,7 +196,7 @@ def stage_checks(ctx: StageContext) -> None:
     failures: list[CaseFailure] = []
     rows = [r for r in manifest.itertuples(index=False) if r.case_id not in failed]
     for i, r in enumerate(rows):
-        failures.extend(check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site).failures)
+        failures.extend(check_case(r.case_id, r.image_path, r.label_path, site_maps[r.site], site=r.site, limits=ctx.protocol.limits).failures)
         ctx.progress("checks", i + 1, len(rows))
     _write_failures(ctx, "checks", failures, manifest)
 
@@ -226,7 +229,9 @@ def stage_inference(ctx: StageContext) -> None:
     predictions: dict[str, str] = {}
     failures: list[CaseFailure] = []
     progress = ctx.progress
-    for result in run_inference(model, cases, cache_dir=ctx.folder.predictions_dir, workers=ctx.workers, progress=lambda d, t: progress("inference", d, t)):
+    for result in run_inference(
+        model, cases, cache_dir=ctx.folder.predictions_dir, workers=ctx.workers, progress=lambda d, t: progress("inference", d, t), limits=ctx.protocol.limits
+    ):
         if isinstance(result, InferenceResult):
             predictions[result.case_id] = str(result.prediction_path)
         else:
@@ -383,8 +388,11 @@ def run_audit(
     for option, value in (("until", until), ("from", from_stage)):
         if value not in STAGES:
             raise ValueError(f"{option}: allowed values are {list(STAGES)}; found {value!r}")
+    from audit.inference import model_spec_from_dict, vet_model
+
     t0 = time.perf_counter()
     validate_inputs(protocol)  # model path, site configs, roots, environment variables: before anything is written
+    vet_model(model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir)))  # model trust checks, still before anything is written
     folder = RunFolder(run_dir)
     ctx = StageContext(protocol=protocol, folder=folder, device=device, workers=workers, progress=progress or _noop, command=command)
     with folder.lock():

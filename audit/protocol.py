@@ -29,6 +29,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from audit import ontology
+from audit.harmonize.loading import ReadLimits
 from audit.errors import ProtocolError
 from audit.protocol_checks import check_names, validate_against_manifest, validate_inputs
 from audit.records import DEFAULT_AGE_BAND_EDGES
@@ -172,6 +173,8 @@ class Protocol:
     statistics: StatisticsSettings = dataclasses.field(default_factory=StatisticsSettings)
     acceptance: tuple[AcceptanceCriterion, ...] = ()
     report: ReportSettings = dataclasses.field(default_factory=ReportSettings)
+    #: Per-file voxel and memory budget checked from each image header before its voxels are read.
+    limits: ReadLimits = dataclasses.field(default_factory=ReadLimits)
     #: Folder of the protocol file; relative paths in ``sites`` and ``model`` resolve against it.
     base_dir: str = dataclasses.field(default=".", compare=False)
 
@@ -282,7 +285,10 @@ def _build(cls: type, data: Any, path: str) -> Any:
             kwargs[name] = _convert(data[name], hints[name], sub)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ProtocolError(f"{sub}: required key is missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a settings class that validates its own values names the field
+        raise ProtocolError(f"{path}.{exc}" if path else str(exc)) from None
 
 
 def _plain(value: Any) -> Any:

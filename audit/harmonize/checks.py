@@ -5,6 +5,10 @@ parse). The pipeline calls :func:`check_case` for each case before inference, an
 ``spine-audit sites check`` runs the same function, so both report the same
 :class:`~audit.records.CaseFailure` (stage ``"harmonize"``).
 
+Files are opened through the guarded reader (:mod:`audit.harmonize.loading`): a header over the protocol's
+``limits``, a missing sform/qform, a NaN affine, 2-D or 4-D data, NaN/Inf voxels or non-integer labels are
+per-case failures before anything is scored; an empty reference is one too (:class:`EmptyReferenceError`).
+
 Tolerances (also in ``docs/sites.md``): voxel spacing and origin must agree within ``atol_mm``
 (default 0.01 mm, well above float32 header rounding, far below any real misregistration); direction
 cosines within ``atol_direction`` (default 1e-3, about 0.06 degrees).
@@ -13,9 +17,7 @@ cosines within ``atol_direction`` (default 1e-3, about 0.06 degrees).
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,17 @@ import nibabel as nib
 import numpy as np
 
 from audit.harmonize.labels import label_value_counts, resolve_label_map, unknown_labels_error
+from audit.harmonize.loading import (
+    CorruptImageError,
+    ImageDataError,
+    ImageTooLargeError,
+    NiftiData,
+    NiftiHeader,
+    ReadLimits,
+    load_label_array,
+    load_nifti,
+    read_header,
+)
 from audit.ontology import LabelMap
 from audit.records import CaseFailure
 
@@ -33,6 +46,9 @@ __all__ = [
     "DEFAULT_ATOL_MM",
     "DEFAULT_ATOL_DIRECTION",
     "CorruptImageError",
+    "ImageDataError",
+    "ImageTooLargeError",
+    "EmptyReferenceError",
     "GeometryMismatchError",
     "load_image_checked",
     "geometry_problems",
@@ -45,35 +61,36 @@ DEFAULT_ATOL_MM = 0.01
 DEFAULT_ATOL_DIRECTION = 1e-3
 
 
-class CorruptImageError(ValueError):
-    """An image file that cannot be read completely (truncated gzip, bad header, unknown format)."""
-
-
 class GeometryMismatchError(ValueError):
     """Image and label do not share a voxel grid."""
 
 
-def load_image_checked(path: str | Path, *, role: str = "image", load_data: bool = True) -> tuple[Any, np.ndarray | None]:
-    """Open a NIfTI (or other nibabel) file and read its voxels, turning any read error into one error type.
+class EmptyReferenceError(ValueError):
+    """A reference segmentation with no voxel of any structure its label map names: nothing to score."""
+
+
+def load_image_checked(
+    path: str | Path, *, role: str = "image", load_data: bool = True, limits: ReadLimits | None = None
+) -> tuple[NiftiData | NiftiHeader, np.ndarray | None]:
+    """Open a NIfTI file through the guarded reader (:mod:`audit.harmonize.loading`).
 
     Returns
     -------
-    img : nibabel image
+    img : NiftiData or NiftiHeader
+        Has ``.shape`` (3-D) and ``.affine``; a header only when ``load_data`` is False.
     data : numpy.ndarray or None
-        The voxel array (``None`` when ``load_data`` is False).
+        The voxel array (integers for ``role='label'``; ``None`` when ``load_data`` is False).
 
     Raises
     ------
-    CorruptImageError
-        If the file is missing, truncated or unreadable; the message names the role, path and cause.
+    FileNotFoundError, CorruptImageError, ImageTooLargeError, ImageDataError
+        Missing, unreadable or truncated file; over the ``limits`` budget; no sform/qform, NaN affine, not 3-D,
+        NaN/Inf voxels, or (labels) non-integer values. The message names the role, path and cause.
     """
-    path = Path(path)
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj) if load_data else None
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise CorruptImageError(f"{role} {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
-    return img, data
+    if not load_data:
+        return read_header(path, role=role, limits=limits), None
+    data = load_label_array(path, role=role, limits=limits) if role == "label" else load_nifti(path, role=role, limits=limits)
+    return data, data.array
 
 
 def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -193,23 +210,33 @@ def check_case(
     stage: str = "harmonize",
     atol_mm: float = DEFAULT_ATOL_MM,
     atol_direction: float = DEFAULT_ATOL_DIRECTION,
+    limits: ReadLimits | None = None,
 ) -> CaseCheck:
     """Run the voxel-level checks of one case; each problem becomes a :class:`CaseFailure`.
 
-    Checks, in order: the image and the label read completely (corrupt or truncated files), their
-    grids agree (:func:`geometry_problems`), and every label value is mapped or ignored by ``label_map``.
+    Checks, in order: the image and the label read completely under the ``limits`` budget and are usable
+    (:func:`~audit.harmonize.loading.load_nifti`: sform or qform present, finite non-singular affine, 3-D,
+    finite voxels; the label holds integers), their grids agree (:func:`geometry_problems`), every label
+    value is mapped or ignored by ``label_map``, and the reference is not empty (at least one voxel of a
+    structure the label map names). A case failing any check is never scored against the model.
     """
     lmap = resolve_label_map(label_map)
     failures: list[CaseFailure] = []
     image = label = label_data = None
-    try:
-        image, _ = load_image_checked(image_path, role="image")
-    except CorruptImageError as exc:
-        failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
-    try:
-        label, label_data = load_image_checked(label_path, role="label")
-    except CorruptImageError as exc:
-        failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+    for role, path in (("image", image_path), ("label", label_path)):
+        try:
+            data, array = load_image_checked(path, role=role, limits=limits)
+        except (FileNotFoundError, CorruptImageError, ImageTooLargeError, ImageDataError) as exc:
+            failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+            continue
+        except Exception as exc:  # noqa: BLE001 - whatever else a hostile file triggers is this case's failure, not the run's
+            logger.warning("%s %s of case %s: unexpected %s: %s", role, path, case_id, type(exc).__name__, exc)
+            failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+            continue
+        if role == "image":
+            image = data
+        else:
+            label, label_data = data, array
     shape = spacing = axcodes = None
     if image is not None:
         shape = _spatial_shape(image.shape)
@@ -228,5 +255,12 @@ def check_case(
         unknown = tuple(v for v in counts if v not in known)
         if unknown:
             exc = unknown_labels_error(unknown, lmap, unknown_voxels=sum(counts[v] for v in unknown))
+            failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
+        if not unknown and not any(counts.get(v, 0) for v in lmap.values):  # unknown values: the map, not the reference, is the problem
+            seen = sorted(counts)
+            exc = EmptyReferenceError(
+                f"label {label_path}: reference segmentation is empty: no voxel holds a value that label map {lmap.name!r} maps to a "
+                f"structure (mapped values {sorted(lmap.values)}; values found {seen}); an empty reference cannot score a model"
+            )
             failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
     return CaseCheck(case_id, tuple(failures), counts, unknown, shape, spacing, axcodes)

@@ -24,6 +24,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from audit.harmonize.loading import ReadLimits, load_nifti
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -98,8 +100,8 @@ def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def volume_from_bytes(data: bytes, *, name: str = "<bytes>", dtype: type | None = None) -> Volume:
-    """Decode NIfTI bytes (gzip-compressed or not) into a :class:`Volume`.
+def volume_from_bytes(data: bytes, *, name: str = "<bytes>", dtype: type | None = None, limits: ReadLimits | None = None, role: str = "image") -> Volume:
+    """Decode NIfTI bytes (gzip-compressed or not) into a :class:`Volume` through the guarded reader.
 
     Parameters
     ----------
@@ -110,47 +112,38 @@ def volume_from_bytes(data: bytes, *, name: str = "<bytes>", dtype: type | None 
     dtype : numpy dtype, optional
         Cast the voxel values (``np.float32`` for images); ``None`` keeps the stored dtype
         after scaling (labels keep their integer type when the file has no scaling).
+    limits : ReadLimits, optional
+        Voxel and memory budget checked from the header before decompression
+        (:mod:`audit.harmonize.loading`).
+    role : str
+        ``image``, ``label`` or ``prediction``, named in error messages.
+
+    Raises
+    ------
+    ValueError
+        The guarded reader's errors (corrupt, over budget, no geometry, not 3-D, non-finite voxels).
     """
-    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    try:
-        img = nib.Nifti1Image.from_bytes(raw)
-    except Exception:  # noqa: BLE001 - NIfTI-2 or a corrupt header: try the other reader, then report
-        try:
-            img = nib.Nifti2Image.from_bytes(raw)
-        except Exception as exc:
-            raise ValueError(f"{name}: not a readable NIfTI file ({exc})") from None
-    return _volume_from_image(img, name=name, dtype=dtype)
+    loaded = load_nifti(data, name=name, limits=limits, role=role)
+    array = loaded.array if dtype is None else loaded.array.astype(dtype, copy=False)
+    return Volume(array=np.ascontiguousarray(array), affine=loaded.affine)
 
 
-def _volume_from_image(img: nib.spatialimages.SpatialImage, *, name: str, dtype: type | None) -> Volume:
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-    if len(img.shape) != 3:
-        raise ValueError(f"{name}: expected a 3-D volume; got shape {tuple(img.shape)}")
-    if dtype is None:
-        slope, inter = img.dataobj.slope, img.dataobj.inter
-        scaled = not (slope in (None, 1) and inter in (None, 0)) and not (np.isnan(slope) if slope is not None else False)
-        array = np.asarray(img.get_fdata(dtype=np.float32)) if scaled else np.asanyarray(img.dataobj)
-    else:
-        array = np.asarray(img.get_fdata(dtype=np.float32)).astype(dtype, copy=False)
-    return Volume(array=np.ascontiguousarray(array), affine=np.asarray(img.affine, dtype=np.float64))
-
-
-def load_volume(path: str | Path, *, dtype: type | None = None) -> Volume:
-    """Load a NIfTI file as a :class:`Volume` (see :func:`volume_from_bytes` for ``dtype``).
+def load_volume(path: str | Path, *, dtype: type | None = None, limits: ReadLimits | None = None, role: str = "image") -> Volume:
+    """Load a NIfTI file as a :class:`Volume` (see :func:`volume_from_bytes` for ``dtype`` and ``limits``).
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file is not a 3-D NIfTI image or its affine is singular.
+        If the file is not a usable 3-D NIfTI image (see :mod:`audit.harmonize.loading`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_volume: no such file {str(path)!r}")
-    return volume_from_bytes(path.read_bytes(), name=str(path), dtype=dtype)
+    loaded = load_nifti(path, limits=limits, role=role)
+    array = loaded.array if dtype is None else loaded.array.astype(dtype, copy=False)
+    return Volume(array=np.ascontiguousarray(array), affine=loaded.affine)
 
 
 def reorient(volume: Volume, orientation: str = "RAS") -> Volume:

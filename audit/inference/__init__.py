@@ -21,6 +21,7 @@ from audit.inference.predict import (
     select_device,
 )
 from audit.inference.runner import InferenceCase, InferenceResult, predict_case, run_inference
+from audit.inference.trust import MONAI_NETWORKS, UntrustedModelError, vet_model
 from audit.inference.spec import (
     BUILTIN_MODELS,
     MODEL_KINDS,
@@ -34,6 +35,9 @@ from audit.inference.spec import (
 
 __all__ = [
     "BUILTIN_MODELS",
+    "MONAI_NETWORKS",
+    "UntrustedModelError",
+    "vet_model",
     "MODEL_KINDS",
     "NNUNET_INSTALL_HINT",
     "InferenceCase",

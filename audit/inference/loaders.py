@@ -2,6 +2,10 @@
 
 Every loader returns a :class:`LoadedModel` with the model's identity (``sha256`` of the file, or of every
 file of a folder), its output :class:`~audit.ontology.LabelMap` and the device it runs on.
+
+Loading never executes code from a model file or config (:mod:`audit.inference.trust`): weights are read
+with ``torch.load(weights_only=True)``, network classes come from an allow-list, bundle configs are read as
+data, and TorchScript/torch.export programs need an explicit, sha256-pinned opt-in.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from audit.harmonize.geometry import Volume, file_sha256
 from audit.inference.predict import select_device
 from audit.inference.spec import ModelSpec, NetworkSpec
+from audit.inference.trust import bundle_network_definition, monai_network_class, read_bundle_config, require_code_opt_in, vet_model
 from audit.ontology import LabelMap
 
 logger = logging.getLogger(__name__)
@@ -70,25 +75,21 @@ def folder_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
-def build_network(net: NetworkSpec) -> torch.nn.Module:
-    """Instantiate ``monai.networks.nets.<name>(**args)``.
+def build_network(net: NetworkSpec, *, field: str = "model.network") -> torch.nn.Module:
+    """Instantiate ``monai.networks.nets.<name>(**args)`` for an allow-listed name (:data:`~audit.inference.trust.MONAI_NETWORKS`).
 
     Raises
     ------
     ValueError
-        If the name is not a MONAI network or the arguments do not fit its constructor.
+        If the name is not an allow-listed MONAI network (:class:`~audit.inference.trust.UntrustedModelError`)
+        or the arguments do not fit its constructor.
     """
-    import monai.networks.nets as nets
-
-    cls = getattr(nets, net.name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        known = sorted(n for n in dir(nets) if isinstance(getattr(nets, n), type) and issubclass(getattr(nets, n), torch.nn.Module))
-        raise ValueError(f"model.network.name: not a monai.networks.nets network; found {net.name!r}; e.g. {known[:12]}")
+    cls = monai_network_class(net.name, field=f"{field}.name")
     args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in net.args.items()}
     try:
         return cls(**args)
     except TypeError as exc:
-        raise ValueError(f"model.network.args: do not fit {net.name}: {exc}") from None
+        raise ValueError(f"{field}.args: do not fit {net.name}: {exc}") from None
 
 
 def _load_state_dict(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
@@ -119,6 +120,7 @@ def _require(path: Path | None, *, folder: bool, kind: str) -> Path:
 
 def _load_torchscript(spec: ModelSpec, device: torch.device) -> Any:
     path = _require(spec.path, folder=False, kind="torchscript")
+    require_code_opt_in("torch.export" if path.suffix == ".pt2" else "TorchScript", path, spec.options, spec.sha256)
     if path.suffix == ".pt2":
         return torch.export.load(str(path)).module().to(device)
     with warnings.catch_warnings():
@@ -140,27 +142,22 @@ def _load_checkpoint(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
 
 
 def _load_bundle(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
-    from monai.bundle import ConfigParser
-
+    """A MONAI bundle's network from its config's network section, read as data (never MONAI's ConfigParser)."""
     folder = _require(spec.path, folder=True, kind="monai_bundle")
     configs = folder / "configs"
     candidates = [configs / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
     config_file = next((c for c in candidates if c.is_file()), None)
     weights = folder / str(spec.options.get("weights", "models/model.pt"))
+    if not weights.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"model.options.weights: must be a file inside the bundle {folder}; found {spec.options.get('weights')!r}")
     if spec.network is not None:
         net = build_network(spec.network)
     else:
         if config_file is None:
             raise FileNotFoundError(f"model.path: MONAI bundle {folder} has no configs/inference.json|yaml and the protocol gives no network")
-        parser = ConfigParser()
-        parser.read_config(str(config_file))
-        meta = configs / "metadata.json"
-        if meta.is_file():
-            parser.read_meta(str(meta))
         key = str(spec.options.get("network_key", "network_def"))
-        if key not in parser.config:  # type: ignore[operator]
-            raise ValueError(f"model.options.network_key: {key!r} is not in {config_file}; keys: {sorted(parser.config)}")  # type: ignore[arg-type]
-        net = parser.get_parsed_content(key)
+        name, args = bundle_network_definition(read_bundle_config(config_file), key, source=config_file.name)
+        net = build_network(NetworkSpec(name, args), field=f"{config_file.name}: {key}")
     if weights.suffix == ".ts":
         return _load_torchscript(dataclasses.replace(spec, path=weights), device)
     _require(weights, folder=False, kind="monai_bundle")
@@ -182,8 +179,10 @@ def load_model(spec: ModelSpec, *, device: str = "auto") -> LoadedModel:
     Raises
     ------
     FileNotFoundError, ValueError, ImportError
-        A missing file, a sha256 mismatch, a bad network, or nnunetv2 not installed.
+        A missing file, a sha256 mismatch, a bad network, or nnunetv2 not installed;
+        :class:`~audit.inference.trust.UntrustedModelError` (a ``ValueError``) for anything that would run code.
     """
+    vet_model(spec)  # nothing in a model file runs before its configs pass the allow-lists
     dev = select_device(spec.inference.device if device == "auto" else device)
     if spec.kind == "predictions":
         sha = folder_sha256(spec.path) if spec.path is not None else hashlib.sha256(b"predictions:manifest").hexdigest()

@@ -10,7 +10,10 @@ runner then maps onto the reference grid.
 Checkpoints are read here with ``torch.load(..., weights_only=True)`` (numpy scalars and dtypes, which
 nnU-Net's training log stores, are the only globals allowed beyond torch's own) and handed to the predictor
 through ``manual_initialization``: nnunetv2's ``initialize_from_trained_model_folder`` would unpickle them
-with ``weights_only=False``. Install with ``pip install 'spine-audit[nnunet]'``.
+with ``weights_only=False``. The architecture named in ``plans.json`` (and the layer classes its
+``arch_kwargs`` name) must lie inside the allow-listed packages of :mod:`audit.inference.trust` before
+nnunetv2 resolves them with ``pydoc.locate`` (which would import any module). The trainer class is looked up
+by name among the installed nnunetv2's trainers only. Install with ``pip install 'spine-audit[nnunet]'``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from audit.harmonize.geometry import Volume, reorient
+from audit.inference.trust import check_nnunet_architecture
 from audit.ontology import LabelMap
 
 logger = logging.getLogger(__name__)
@@ -239,6 +243,12 @@ def load_nnunet(folder: Path, options: Mapping[str, Any], device: torch.device, 
     configuration = str(first["init_args"]["configuration"])
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
+    check_nnunet_architecture(
+        configuration_manager.network_arch_class_name,
+        configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import,
+        source=f"{folder.name}/plans.json configurations.{configuration}",
+    )
     n_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     if n_channels != 1:
         raise ValueError(f"model.path: the nnU-Net model in {folder} takes {n_channels} input channels ({dataset_json.get('channel_names')}); spine-audit feeds one image per case")

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from audit.harmonize.geometry import Volume, resample_to_grid, save_volume, volume_from_bytes
+from audit.harmonize.loading import ReadLimits, load_label_array, read_header
 from audit.inference.cache import cache_key, cache_path, clean_temporary_files
 from audit.inference.loaders import LoadedModel
 from audit.inference.predict import prepare_image, predict_labels_with_retry
@@ -96,12 +96,9 @@ class _Prepared:
     grid: Volume | None = None
 
 
-def _reference_grid(label_path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    img = nib.load(str(label_path))  # header only; voxels are not read
-    shape = tuple(int(s) for s in img.shape[:3])
-    if len(img.shape) > 3 and any(s != 1 for s in img.shape[3:]):
-        raise ValueError(f"label_path: reference {label_path} is not 3-D; shape {img.shape}")
-    return shape, np.asarray(img.affine, dtype=np.float64)
+def _reference_grid(label_path: Path, limits: ReadLimits | None) -> tuple[tuple[int, ...], np.ndarray]:
+    header = read_header(label_path, role="label", limits=limits)  # header only; voxels are not read
+    return header.shape, header.affine
 
 
 def _predictions_source(model: LoadedModel, case: InferenceCase) -> Path:
@@ -118,11 +115,13 @@ def _predictions_source(model: LoadedModel, case: InferenceCase) -> Path:
     return path
 
 
-def _prepare(model: LoadedModel, case: InferenceCase, cache_dir: Path) -> _Prepared:
+def _prepare(model: LoadedModel, case: InferenceCase, cache_dir: Path, limits: ReadLimits | None = None) -> _Prepared:
     t: dict[str, float] = {}
     t0 = time.perf_counter()
-    ref_shape, ref_affine = _reference_grid(Path(case.label_path))
+    ref_shape, ref_affine = _reference_grid(Path(case.label_path), limits)
     source = _predictions_source(model, case) if model.kind == "predictions" else Path(case.image_path)
+    role = "prediction" if model.kind == "predictions" else "image"
+    read_header(source, role=role, limits=limits)  # the budget is checked before the file is read into memory
     data = source.read_bytes()
     t["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -143,7 +142,11 @@ def _prepare(model: LoadedModel, case: InferenceCase, cache_dir: Path) -> _Prepa
         prepared.hit = True
         return prepared
     t0 = time.perf_counter()
-    native = volume_from_bytes(data, name=str(source), dtype=None if model.kind == "predictions" else np.float32)
+    if model.kind == "predictions":  # a precomputed prediction is a label file: finite integers only
+        labels = load_label_array(data, role=role, name=str(source), limits=limits)
+        native = Volume(labels.array, labels.affine)
+    else:
+        native = volume_from_bytes(data, name=str(source), dtype=np.float32, limits=limits, role=role)
     t["load"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     if model.kind == "predictions" or model.predict_volume is not None:
@@ -189,9 +192,9 @@ def _finish(p: _Prepared, labels: Volume, info: dict[str, Any]) -> InferenceResu
     return InferenceResult(p.case.case_id, p.out_path, False, dict(p.timings), info)
 
 
-def predict_case(model: LoadedModel, case: InferenceCase, *, cache_dir: Path) -> InferenceResult:
+def predict_case(model: LoadedModel, case: InferenceCase, *, cache_dir: Path, limits: ReadLimits | None = None) -> InferenceResult:
     """Predict one case synchronously (cache honoured); raises on failure."""
-    p = _prepare(model, case, Path(cache_dir))
+    p = _prepare(model, case, Path(cache_dir), limits)
     if p.hit:
         return InferenceResult(case.case_id, p.out_path, True, dict(p.timings))
     labels, info = _infer(model, p)
@@ -210,6 +213,7 @@ def run_inference(
     cache_dir: Path,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    limits: ReadLimits | None = None,
 ) -> Iterator[InferenceResult | CaseFailure]:
     """Predict every case, yielding results (or failures) in input order.
 
@@ -225,11 +229,14 @@ def run_inference(
         Threads that load, hash, decompress and preprocess ahead of the network (and write behind it).
     progress : callable, optional
         Called as ``progress(done, total)`` after each case.
+    limits : ReadLimits, optional
+        Per-file voxel and memory budget, checked from each header before its voxels are read
+        (default :class:`~audit.harmonize.loading.ReadLimits`).
 
     Yields
     ------
     InferenceResult or CaseFailure
-        A failing case (unreadable file, bad geometry, out of memory even on CPU) is yielded as a
+        A failing case (unreadable file, over the budget, bad geometry, out of memory even on CPU) is yielded as a
         :class:`~audit.records.CaseFailure` with stage ``inference`` and the run goes on.
     """
     if not isinstance(workers, int) or workers < 1:
@@ -250,7 +257,7 @@ def run_inference(
             nonlocal next_case
             while next_case < total and len(loading) < lookahead:
                 c = todo[next_case]
-                loading.append((c, pool.submit(_prepare, model, c, cache_dir)))
+                loading.append((c, pool.submit(_prepare, model, c, cache_dir, limits)))
                 next_case += 1
 
         def settled(case: InferenceCase, fut: cf.Future[Any]) -> InferenceResult | CaseFailure:

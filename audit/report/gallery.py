@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from audit.harmonize.loading import ReadLimits, load_nifti
 from audit.ontology import LabelMap, remap_labels
 from audit.records import EVALUABLE_STATUSES
 from audit.report.figures import OKABE_ITO
@@ -122,6 +123,7 @@ def case_figure(
     label_values: Mapping[str, int],
     reference_map: LabelMap | None = None,
     prediction_map: LabelMap | None = None,
+    limits: ReadLimits | None = None,
 ) -> str | None:
     """PNG data URI of one case's mid-sagittal slice with contours; None when its files cannot be read.
 
@@ -129,11 +131,12 @@ def case_figure(
     :meth:`audit.runfolder.RunFolder.read_manifest` returns them). ``reference_map`` (the site's) and
     ``prediction_map`` (the model's) translate the files' label values to
     canonical coarse values (``label_values``); ``None`` means the file already holds canonical values.
+    Files are read through the guarded reader with the run's ``limits``.
     """
     try:
-        image, aspect = mid_sagittal(nib.load(str(row["image_path"])))
-        reference, _ = mid_sagittal(nib.load(str(row["label_path"])))
-        prediction, _ = mid_sagittal(nib.load(str(row["prediction_path"])))
+        image, aspect = mid_sagittal(load_nifti(str(row["image_path"]), role="image", limits=limits).image)
+        reference, _ = mid_sagittal(load_nifti(str(row["label_path"]), role="label", limits=limits).image)
+        prediction, _ = mid_sagittal(load_nifti(str(row["prediction_path"]), role="prediction", limits=limits).image)
         reference, prediction = _canonical(reference, reference_map), _canonical(prediction, prediction_map)
         rgb = contour_overlay(image, reference, prediction, label_values, aspect)
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable file must not stop the report

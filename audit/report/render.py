@@ -31,6 +31,7 @@ from audit.report.figures import (
     intersection_heatmap,
 )
 from audit.report.formatting import format_value
+from audit.harmonize.loading import ReadLimits
 from audit.report.gallery import case_figure, worst_cases
 from audit.report.redact import redact_paths
 from audit.runfolder import RunFolder
@@ -194,6 +195,7 @@ def _gallery(
     ``cases`` are absolute (:meth:`audit.runfolder.RunFolder.read_manifest` resolves the stored ones).
     """
     per_group = int(protocol["report"]["worst_cases_per_group"])
+    limits = ReadLimits(**protocol.get("limits", {}))  # the run's budget (older results.json: the defaults)
     axes = [a for a in protocol["report"].get("gallery_axes", ["site"]) if a in cases]
     if per_group <= 0 or cases.empty or not axes:
         return []
@@ -213,7 +215,9 @@ def _gallery(
                     has_prediction = isinstance(row.get("prediction_path"), str) and bool(row["prediction_path"])
                     reference_map = _label_map(str(row.get("label_map")), None) if has_prediction else None
                     drawn[rec.case_id] = (
-                        case_figure(row, label_values=structures, reference_map=reference_map, prediction_map=prediction_map)
+                        case_figure(
+                            row, label_values=structures, reference_map=reference_map, prediction_map=prediction_map, limits=limits
+                        )
                         if has_prediction
                         else None
                     )

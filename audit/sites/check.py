@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.harmonize.checks import DEFAULT_ATOL_DIRECTION, DEFAULT_ATOL_MM, check_case
+from audit.harmonize.loading import ReadLimits
 from audit.records import DEFAULT_AGE_BAND_EDGES, CaseFailure, ManifestRow, age_bands
 from audit.sites.base import SiteDataError
 from audit.sites.config import SiteConfig
@@ -146,6 +147,7 @@ def check_site(
     atol_mm: float = DEFAULT_ATOL_MM,
     atol_direction: float = DEFAULT_ATOL_DIRECTION,
     age_band_edges: Sequence[float] = DEFAULT_AGE_BAND_EDGES,
+    limits: ReadLimits | None = None,
 ) -> SiteCheckReport:
     """Check a site: manifest-level checks for every case, voxel-level checks (:func:`check_case`).
 
@@ -161,6 +163,9 @@ def check_site(
     age_band_edges : sequence of float
         Band edges in years for the age-band counts (the protocol's ``subgroups.age_bands``; the same rule,
         :func:`audit.records.age_bands`, makes the report's bands).
+    limits : ReadLimits, optional
+        Per-file voxel and memory budget checked from each header (default :class:`ReadLimits`, the
+        protocol default).
     """
     failures: list[CaseFailure] = []
     rows: list[ManifestRow] = []
@@ -177,7 +182,7 @@ def check_site(
     n_checked = 0
     if load_voxels:
         for row in rows[: max_cases if max_cases is not None else len(rows)]:
-            result = check_case(row.case_id, row.image_path, row.label_path, lmap, site=config.name, atol_mm=atol_mm, atol_direction=atol_direction)
+            result = check_case(row.case_id, row.image_path, row.label_path, lmap, site=config.name, atol_mm=atol_mm, atol_direction=atol_direction, limits=limits)
             n_checked += 1
             failures.extend(result.failures)
             for value, n in result.label_values.items():

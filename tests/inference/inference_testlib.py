@@ -41,6 +41,13 @@ class ThresholdNet(torch.nn.Module):
         return self.conv(x)
 
 
+def trusted_program(path: Path) -> dict:
+    """The protocol fields that opt in to a TorchScript file: ``options.allow_code`` and the pinned ``sha256``."""
+    from audit.harmonize.geometry import file_sha256
+
+    return {"options": {"allow_code": True}, "sha256": file_sha256(path)}
+
+
 def save_torchscript(module: torch.nn.Module, path: Path, example_shape=(1, 1, 8, 8, 8)) -> Path:
     """Trace and save ``module`` (TorchScript is deprecated in torch >= 2.10 but still a format users ship)."""
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from inference_testlib import ThresholdNet, blob_case, save_torchscript
+from inference_testlib import ThresholdNet, blob_case, save_torchscript, trusted_program
 
 from audit.inference import InferenceCase, InferenceResult, load_model, model_spec_from_dict, run_inference
 from audit.inference.predict import predict_labels_with_retry
@@ -29,7 +29,7 @@ def threshold_model(tmp_path: Path, **inference):
     if not path.exists():  # saved once: a re-traced file differs in bytes, hence in sha256 (a cache miss)
         save_torchscript(ThresholdNet(0.0), path)
     d = {"kind": "torchscript", "path": str(path), "labels": "spine_audit", "preprocessing": {"intensity": "foreground_zscore"},
-         "inference": {"device": "cpu", **inference}}
+         "inference": {"device": "cpu", **inference}, **trusted_program(path)}
     return load_model(model_spec_from_dict(d, base_dir=tmp_path))
 
 
@@ -73,7 +73,8 @@ def test_failed_cases_are_recorded_and_the_run_goes_on(tmp_path):
     out = list(run_inference(threshold_model(tmp_path), cases, cache_dir=tmp_path / "cache", workers=2, progress=lambda d, t: seen.append((d, t))))
     assert [type(o).__name__ for o in out] == ["CaseFailure", "CaseFailure", "CaseFailure", "InferenceResult"]
     assert [o.case_id for o in out] == [c.case_id for c in cases]  # input order kept
-    assert out[0].error_type == "FileNotFoundError" and out[1].error_type == "ValueError" and "not 3-D" in out[2].error
+    assert out[0].error_type == "FileNotFoundError" and out[1].error_type == "CorruptImageError"
+    assert out[2].error_type == "ImageDataError" and "expected a 3-D volume" in out[2].error and "(4, 4, 4, 2)" in out[2].error
     assert all(o.stage == "inference" and o.site == "s" for o in out[:3])
     assert seen == [(i, 4) for i in range(1, 5)]
 
@@ -141,7 +142,7 @@ def test_resume_after_killed_process_gives_identical_outputs(tmp_path):
 
     cases = [blob_case(tmp_path / "d", f"c{i}", axcodes=["PIR", "LPS"][i % 2], seed=i) for i in range(10)]
     path = save_torchscript(ThresholdNet(0.0), tmp_path / "thr.pt")
-    spec = {"kind": "torchscript", "path": str(path), "labels": "spine_audit", "inference": {"device": "cpu"}}
+    spec = {"kind": "torchscript", "path": str(path), "labels": "spine_audit", "inference": {"device": "cpu"}, **trusted_program(path)}
     payload = json.dumps([{"case_id": c.case_id, "image_path": str(c.image_path), "label_path": str(c.label_path), "site": c.site} for c in cases])
     cache = tmp_path / "killed"
     code = _CHILD.format(here=str(HERE), cases=payload, spec=spec, tmp=str(tmp_path), cache=str(cache))

@@ -10,7 +10,7 @@ import nibabel.processing
 import numpy as np
 import pytest
 import torch
-from inference_testlib import REAL_CASES, UNET_ARGS, ThresholdNet, blob_case, save_torchscript, tiny_unet, write_bundle
+from inference_testlib import REAL_CASES, UNET_ARGS, ThresholdNet, blob_case, save_torchscript, tiny_unet, trusted_program, write_bundle
 
 from audit.inference import InferenceCase, InferenceResult, load_model, model_spec_from_dict, run_inference
 from audit.records import CaseFailure
@@ -26,6 +26,7 @@ def threshold_spec(tmp_path: Path, threshold: float, **prep) -> dict:
         "labels": LABELS,
         "preprocessing": {"orientation": "RAS", "intensity": "none", **prep},
         "inference": {"device": "cpu"},
+        **trusted_program(path),
     }
 
 
@@ -88,7 +89,7 @@ def _spec_for(kind: str, tmp_path: Path, net: torch.nn.Module) -> dict:
         return {"kind": "checkpoint", "path": "ckpt.pt", "network": {"name": "UNet", "args": UNET_ARGS}, **common}
     if kind == "torchscript":
         save_torchscript(net, tmp_path / "net.ts", example_shape=(1, 1, 16, 16, 16))
-        return {"kind": "torchscript", "path": "net.ts", **common}
+        return {"kind": "torchscript", "path": "net.ts", **common, **trusted_program(tmp_path / "net.ts")}
     if kind == "monai_bundle":
         write_bundle(tmp_path / "bundle", net)
         return {"kind": "monai_bundle", "path": "bundle", **common}
