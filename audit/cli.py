@@ -192,9 +192,15 @@ def run(
 ) -> None:
     """Run the audit a protocol file pre-registers."""
     from audit.federation import bundle_run_folder, key_fingerprint
+    from audit.grading.protocol import is_grading_protocol
     from audit.protocol import load_protocol
 
     _setup_logging(verbose)
+    if is_grading_protocol(protocol):
+        if until != "report" or from_stage != "sites":
+            raise UserError("--until/--from: a task: grading protocol runs in one step (audit/grading/runner.py)")
+        _grading_run(protocol, out, fail_on_criteria)
+        return
     proto = load_protocol(protocol)
     if out is None and from_stage != "sites":
         raise UserError("--from: needs --out, the run folder whose earlier outputs it reuses")
@@ -244,6 +250,7 @@ def demo(
     workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
     modality: str = typer.Option("mri", "--modality", help="mri (cervical MRI demo) or ct (CT vertebra-labelling demo, docs/ct.md)."),
     fail_on_criteria: bool = typer.Option(False, "--fail-on-criteria", help=_FAIL_HELP),
+    task: str = typer.Option("segmentation", "--task", help="segmentation (the demo model on synthetic MRI) or grading (synthetic stenosis grades)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
@@ -254,6 +261,11 @@ def demo(
     from audit.protocol import load_protocol
 
     _setup_logging(verbose)
+    if task not in ("segmentation", "grading"):
+        raise UserError(f"--task: allowed values are ['segmentation', 'grading']; found {task!r}")
+    if task == "grading":
+        _grading_demo(out or _default_run_dir("demo-grading"), cases, seed, fail_on_criteria)
+        return
     if cases is not None and cases < 8:
         raise UserError(f"--cases: must be at least 8 (two per site); found {cases}")
     if modality not in ("mri", "ct"):
@@ -270,6 +282,41 @@ def demo(
         console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
         raise
     console.print(f"Demo finished in {time.perf_counter() - start:.1f} s")
+
+
+def _grading_run(protocol: Path, out: Optional[Path], fail_on_criteria: bool) -> None:
+    """``run`` of a ``task: grading`` protocol: the grading runner (audit/grading/runner.py), not the pipeline."""
+    from audit.grading.protocol import load_grading_protocol, read_grading_input
+    from audit.grading.runner import run_grading_table
+
+    proto = load_grading_protocol(protocol)
+    start = time.perf_counter()
+    table, failures = read_grading_input(proto)
+    _grading_summary(run_grading_table(table, failures, out or _default_run_dir(proto.name), proto.audit), start, fail_on_criteria)
+
+
+def _grading_demo(run_dir: Path, cases: Optional[int], seed: Optional[int], fail_on_criteria: bool) -> None:
+    """``demo --task grading``: the self-contained grading runner (audit/grading/runner.py), not the pipeline."""
+    from audit.grading.runner import run_grading_demo
+
+    if cases is not None and cases < 8:
+        raise UserError(f"--cases: must be at least 8 (two per site); found {cases}")
+    start = time.perf_counter()
+    _grading_summary(run_grading_demo(run_dir, n_patients=cases, seed=seed), start, fail_on_criteria)
+
+
+def _grading_summary(result: Any, start: float, fail_on_criteria: bool) -> None:
+    """Print a grading run's outcome; exit 3 on unmet criteria under --fail-on-criteria."""
+    console.print(f"[bold]Run folder:[/bold] {result.run_dir}")
+    console.print(f"Graded levels: {result.n_levels}   failed rows: {result.n_failed}   time: {time.perf_counter() - start:.1f} s")
+    for cid, status in result.acceptance:
+        console.print(f"Criterion {cid}: {status.upper()}")
+    console.print(f"[bold]Results:[/bold] {result.results_path}")
+    console.print(f"[bold]Report:[/bold]  {result.report_path}")
+    not_passed = [f"{cid} {status}" for cid, status in result.acceptance if status != "pass"]
+    if fail_on_criteria and not_passed:
+        typer.echo(f"Acceptance criteria not met: {', '.join(not_passed)} (exit status {EXIT_CRITERIA}, --fail-on-criteria)", err=True)
+        raise typer.Exit(EXIT_CRITERIA)
 
 
 def demo_protocol_path(modality: str = "mri") -> Path:

@@ -1,0 +1,33 @@
+"""Stenosis-grading audits: per-level ordinal grades (reference readers and a model) by site and group.
+
+Readers (:mod:`.tables`), metrics as pure functions (:mod:`.metrics`), paired metric and confusion tables
+(:mod:`.evaluate`), fairness differences with a patient-cluster bootstrap and criteria (:mod:`.fairness`),
+reader variability (:mod:`.readers`), the synthetic cohort (:mod:`.synthetic`) and the self-contained runner
+behind ``spine-audit demo --task grading`` (:mod:`.runner`). Definitions: docs/grading.md.
+"""
+
+from __future__ import annotations
+
+from audit.grading.evaluate import confusion_table, metric_table, pair_grades
+from audit.grading.fairness import GradingCriterion, bootstrap_group_rates, evaluate_grading_criteria, fairness_differences, group_rates
+from audit.grading.readers import agreement_summary, pairwise_agreement
+from audit.grading.tables import DEEPSPINE_SCALE, RSNA_SCALE, GradeScale, read_long_table, read_rsna_submission, read_rsna_train
+
+__all__ = [
+    "GradeScale",
+    "RSNA_SCALE",
+    "DEEPSPINE_SCALE",
+    "read_long_table",
+    "read_rsna_train",
+    "read_rsna_submission",
+    "pair_grades",
+    "metric_table",
+    "confusion_table",
+    "group_rates",
+    "fairness_differences",
+    "bootstrap_group_rates",
+    "GradingCriterion",
+    "evaluate_grading_criteria",
+    "pairwise_agreement",
+    "agreement_summary",
+]

@@ -1,0 +1,141 @@
+"""The grading protocol: a YAML file with ``task: grading`` that ``spine-audit run`` hands to the grading runner.
+
+A separate, small schema (not a section of :mod:`audit.protocol`): unknown keys are errors naming the key and the
+allowed ones; input paths are relative to the protocol file. Example (``protocols/grading-example.yaml``)::
+
+    task: grading
+    name: stenosis grading, external sites
+    input: {format: long, table: grades.csv}      # or {format: rsna, table: train.csv, predictions: submission.csv}
+    scale: rsna                                   # or deepspine
+    reference: reader_1
+    model: model
+    breakdowns: [level, condition, site, vendor, sex]
+    fairness_groups: [vendor, sex]
+    bootstrap: {n_resamples: 2000, seed: 0, level: 0.95}
+    min_group_size: 10
+    criteria:
+      - {id: severe-sens, description: ..., estimate: severe_sensitivity, group_by: vendor, bound: ci_low, operator: ">=", threshold: 0.8}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from audit.errors import ProtocolError
+from audit.grading.fairness import GradingCriterion
+from audit.grading.runner import GradingAudit
+from audit.grading.tables import DEEPSPINE_SCALE, RSNA_SCALE, read_long_table, read_rsna_submission, read_rsna_train
+from audit.yamlio import load_yaml
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GradingProtocol", "is_grading_protocol", "load_grading_protocol", "read_grading_input"]
+
+SCALES = {"rsna": RSNA_SCALE, "deepspine": DEEPSPINE_SCALE}
+_KEYS = {"task", "name", "input", "scale", "reference", "model", "breakdowns", "fairness_groups", "bootstrap", "min_group_size", "criteria"}
+_INPUT_KEYS = {"format", "table", "predictions"}
+_BOOTSTRAP_KEYS = {"n_resamples", "seed", "level"}
+MAX_BYTES = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class GradingProtocol:
+    """A validated grading protocol: the name, the input files and the :class:`GradingAudit` settings."""
+
+    name: str
+    input_format: str
+    table: Path
+    predictions: Path | None
+    audit: GradingAudit
+
+
+def _read(path: Path) -> Any:
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise ProtocolError(f"protocol file {str(path)!r} is larger than {MAX_BYTES:,} bytes")
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"protocol file {str(path)!r} cannot be read: {exc}") from None
+
+
+def is_grading_protocol(path: str | Path) -> bool:
+    """True when the file is a YAML mapping with ``task: grading`` (anything else goes to :mod:`audit.protocol`)."""
+    try:
+        data = _read(Path(path))
+    except Exception:  # the segmentation loader reports unreadable files with its own message
+        return False
+    return isinstance(data, Mapping) and data.get("task") == "grading"
+
+
+def _unknown(section: str, data: Mapping, allowed: set[str]) -> None:
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise ProtocolError(f"{section}: unknown keys {extra}; allowed {sorted(allowed)}")
+
+
+def load_grading_protocol(path: str | Path) -> GradingProtocol:
+    """Read and validate a ``task: grading`` protocol file."""
+    path = Path(path)
+    data = _read(path)
+    if not isinstance(data, Mapping) or data.get("task") != "grading":
+        raise ProtocolError(f"protocol file {str(path)!r}: task: expected 'grading'")
+    _unknown("protocol", data, _KEYS)
+    inp = data.get("input")
+    if not isinstance(inp, Mapping):
+        raise ProtocolError(f"input: expected a mapping with keys {sorted(_INPUT_KEYS)}; found {inp!r}")
+    _unknown("input", inp, _INPUT_KEYS)
+    fmt = inp.get("format", "long")
+    if fmt not in ("long", "rsna"):
+        raise ProtocolError(f"input.format: allowed values are ['long', 'rsna']; found {fmt!r}")
+    if not isinstance(inp.get("table"), str):
+        raise ProtocolError(f"input.table: expected a file path; found {inp.get('table')!r}")
+    if fmt == "rsna" and not isinstance(inp.get("predictions"), str):
+        raise ProtocolError(f"input.predictions: the RSNA format needs the submission file of the model; found {inp.get('predictions')!r}")
+    scale_name = data.get("scale", "rsna")
+    if scale_name not in SCALES:
+        raise ProtocolError(f"scale: allowed values are {sorted(SCALES)}; found {scale_name!r}")
+    if fmt == "rsna" and scale_name != "rsna":
+        raise ProtocolError(f"scale: the RSNA format uses the 'rsna' scale; found {scale_name!r}")
+    boot = data.get("bootstrap", {}) or {}
+    if not isinstance(boot, Mapping):
+        raise ProtocolError(f"bootstrap: expected a mapping with keys {sorted(_BOOTSTRAP_KEYS)}; found {boot!r}")
+    _unknown("bootstrap", boot, _BOOTSTRAP_KEYS)
+    criteria = []
+    for i, crit in enumerate(data.get("criteria", []) or []):
+        if not isinstance(crit, Mapping):
+            raise ProtocolError(f"criteria[{i}]: expected a mapping; found {crit!r}")
+        try:
+            criteria.append(GradingCriterion(**dict(crit)))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"criteria[{i}]: {exc}") from None
+    defaults = GradingAudit()
+    try:
+        audit = GradingAudit(
+            scale=SCALES[scale_name], reference=str(data.get("reference", "reference" if fmt == "rsna" else defaults.reference)),
+            model=str(data.get("model", defaults.model)), breakdowns=tuple(data.get("breakdowns", defaults.breakdowns)),
+            fairness_groups=tuple(data.get("fairness_groups", defaults.fairness_groups)), criteria=tuple(criteria),
+            n_resamples=int(boot.get("n_resamples", defaults.n_resamples)), seed=int(boot.get("seed", defaults.seed)),
+            level=float(boot.get("level", defaults.level)), min_group_size=int(data.get("min_group_size", defaults.min_group_size)),
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"protocol file {str(path)!r}: {exc}") from None
+    if not 0 < audit.level < 1 or audit.n_resamples < 100:
+        raise ProtocolError(f"bootstrap: level must be in (0, 1) and n_resamples at least 100; found {audit.level} and {audit.n_resamples}")
+    base = path.resolve().parent
+    return GradingProtocol(name=str(data.get("name", "grading")), input_format=fmt, table=base / inp["table"],
+                           predictions=base / inp["predictions"] if fmt == "rsna" else None, audit=audit)  # fmt: skip
+
+
+def read_grading_input(protocol: GradingProtocol) -> tuple[pd.DataFrame, list]:
+    """The tidy grading table (references and model) and the read failures of a protocol's input files."""
+    if protocol.input_format == "long":
+        return read_long_table(protocol.table, scale=protocol.audit.scale)
+    reference, failures = read_rsna_train(protocol.table, reader=protocol.audit.reference)
+    assert protocol.predictions is not None
+    return pd.concat([reference, read_rsna_submission(protocol.predictions, reader=protocol.audit.model)], ignore_index=True), failures

@@ -1,0 +1,180 @@
+"""The self-contained grading audit runner: table in, ``grading_results.json`` and ``grading_report.html`` out.
+
+``spine-audit demo --task grading`` calls :func:`run_grading_demo`. ``spine-audit run`` calls
+:func:`run_grading_table` for a protocol file with ``task: grading`` (:mod:`audit.grading.protocol`). The
+segmentation pipeline's stages, resume (``--from``/``--until``) and Table 1 are not used by grading runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit import __version__
+from audit.fileio import atomic_write_text
+from audit.grading import metrics as gm
+from audit.grading.evaluate import confusion_table, metric_table, pair_grades
+from audit.grading.fairness import GradingCriterion, bootstrap_group_rates, evaluate_grading_criteria
+from audit.grading.readers import agreement_summary, pairwise_agreement
+from audit.grading.synthetic import GradingCohortSpec, make_grading_cohort
+from audit.grading.tables import RSNA_SCALE, GradeScale, probability_columns, read_long_table
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GradingAudit", "GradingRun", "DEMO_CRITERIA", "RESULTS_NAME", "REPORT_NAME", "INPUT_NAME", "run_grading", "run_grading_table", "run_grading_demo"]
+
+RESULTS_NAME = "grading_results.json"
+REPORT_NAME = "grading_report.html"
+INPUT_NAME = "grades.csv"
+
+#: The demo's pre-registered criteria (the issue's example and an equalized-odds bound by sex).
+DEMO_CRITERIA: tuple[GradingCriterion, ...] = (
+    GradingCriterion(id="severe-sensitivity-by-vendor", description="Lower 95% bound of severe-stenosis sensitivity >= 0.8 for every vendor",
+                     estimate="severe_sensitivity", group_by="vendor", bound="ci_low", operator=">=", threshold=0.8),
+    GradingCriterion(id="equalized-odds-by-sex", description="Upper 95% bound of the equalized-odds difference (>= moderate) by sex <= 0.1",
+                     estimate="equalized_odds_difference", group_by="sex", bound="ci_high", operator="<=", threshold=0.1),
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class GradingAudit:
+    """What a grading audit computes: the scale, who is the reference, the breakdowns, groups and criteria."""
+
+    scale: GradeScale = RSNA_SCALE
+    reference: str = "reader_1"
+    model: str = "model"
+    breakdowns: tuple[str, ...] = ("level", "condition", "site", "vendor", "sex")
+    fairness_groups: tuple[str, ...] = ("vendor", "sex")
+    criteria: tuple[GradingCriterion, ...] = DEMO_CRITERIA
+    n_resamples: int = 2000
+    seed: int = 0
+    level: float = 0.95
+    min_group_size: int = 10
+    calibration_bins: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class GradingRun:
+    """Where a grading run wrote its outputs, and the overall criterion statuses."""
+
+    run_dir: Path
+    results_path: Path
+    report_path: Path
+    n_levels: int
+    n_failed: int
+    acceptance: tuple[tuple[str, str], ...]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    return _clean(table.to_dict(orient="records"))
+
+
+def _curves(yb: np.ndarray, score: np.ndarray, n_bins: int) -> dict[str, Any]:
+    return {"roc": _records(gm.roc_points(yb, score).replace(np.inf, np.nan)), "reliability": _records(gm.reliability_bins(yb, score, n_bins))}
+
+
+def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
+    """Every number of the grading report from a tidy grading table (see :mod:`audit.grading.tables`)."""
+    scale = audit.scale
+    paired, failures = pair_grades(table, scale, reference=audit.reference, model=audit.model)
+    breakdowns = [b for b in audit.breakdowns if b in paired.columns]
+    rates, differences = {}, {}
+    absent = [g for g in audit.fairness_groups if g not in paired.columns]
+    if absent:
+        logger.warning("fairness groups %s are not columns of the graded table; criteria on them are inconclusive", absent)
+    for group in (g for g in audit.fairness_groups if g in paired.columns):
+        rates[group], differences[group] = bootstrap_group_rates(
+            paired, group, positive_from=scale.positive_from, severe=scale.severe, n_resamples=audit.n_resamples, seed=audit.seed, level=audit.level
+        )
+    crit_rows, status = evaluate_grading_criteria(list(audit.criteria), rates, differences, min_group_size=audit.min_group_size)
+    pairs = pairwise_agreement(table, n_grades=scale.n_grades, model=audit.model)
+    probs = probability_columns(scale)
+    curves: dict[str, Any] = {}
+    rsna: dict[str, Any] = {}
+    if all(c in paired.columns for c in probs):
+        yb = (paired["grade_ref"].to_numpy() >= scale.positive_from).astype(int)
+        score = gm.positive_score(paired[probs].to_numpy(dtype=np.float64), scale.positive_from)
+        curves = _curves(yb, score, audit.calibration_bins)
+        curves["by_group"] = {
+            g: {str(v): _curves(yb[idx], score[idx], audit.calibration_bins) for v, idx in paired.groupby(paired[g].astype(str)).indices.items()}
+            for g in audit.fairness_groups if g in paired.columns
+        }
+        if scale.n_grades == len(gm.RSNA_WEIGHTS):
+            per_condition = {c: gm.weighted_log_loss(sub["grade_ref"].to_numpy(), sub[probs].to_numpy(dtype=np.float64)) for c, sub in paired.groupby("condition")}
+            spinal = paired[paired["condition"] == "spinal_canal_stenosis"]
+            rsna = {"per_condition": per_condition, "any_severe_spinal": gm.any_severe_log_loss(spinal, severe=scale.severe) if len(spinal) else float("nan")}
+    return {
+        "paired": paired, "failures": failures, "metrics": metric_table(paired, scale, breakdowns), "confusion": confusion_table(paired, scale, breakdowns),
+        "rates": rates, "differences": differences, "criteria": crit_rows, "criteria_status": status, "agreement": pairs,
+        "agreement_summary": agreement_summary(pairs), "curves": curves, "rsna": rsna,
+    }  # fmt: skip
+
+
+def results_json(computed: dict[str, Any], audit: GradingAudit, input_failures: list) -> dict[str, Any]:
+    """The results document: every estimate, interval, test input and criterion, without case identifiers."""
+    failures = [*input_failures, *computed["failures"]]
+    paired = computed["paired"]
+    return _clean({
+        "task": "grading", "software_version": __version__,
+        "scale": {"labels": list(audit.scale.labels), "positive_from": audit.scale.positive_from, "severe": audit.scale.severe},
+        "reference": audit.reference, "model": audit.model,
+        "counts": {"n_patients": int(paired["patient_id"].nunique()), "n_cases": int(paired["case_id"].nunique()), "n_levels": int(len(paired))},
+        "failures": {"count": len(failures), "by_type": dict(collections.Counter(f.error_type for f in failures)), "by_site": dict(collections.Counter(f.site for f in failures))},
+        "bootstrap": {"n_resamples": audit.n_resamples, "seed": audit.seed, "level": audit.level, "cluster": "patient_id", "interval": "percentile",
+                      "strata": "the fairness group when it is constant within patients"},
+        "metrics": _records(computed["metrics"]), "confusion": _records(computed["confusion"]),
+        "fairness": {g: {"rates": _records(computed["rates"][g]), "differences": _records(computed["differences"][g])} for g in computed["rates"]},
+        "agreement": {"pairs": _records(computed["agreement"]), "summary": computed["agreement_summary"]},
+        "curves": computed["curves"], "rsna": computed["rsna"],
+        "criteria": {"rows": _records(computed["criteria"]), "status": computed["criteria_status"]},
+    })  # fmt: skip
+
+
+def run_grading(source: Path | pd.DataFrame, run_dir: Path, audit: GradingAudit = GradingAudit()) -> GradingRun:
+    """Read a plain long grading table, compute everything, write the results JSON and the HTML report."""
+    table, input_failures = read_long_table(source, scale=audit.scale)
+    return run_grading_table(table, input_failures, run_dir, audit)
+
+
+def run_grading_table(table: pd.DataFrame, input_failures: list, run_dir: Path, audit: GradingAudit) -> GradingRun:
+    """Compute everything from a tidy grading table and its read failures; write the results JSON and the report."""
+    from audit.grading.report import render_grading_report
+
+    computed = compute_grading(table, audit)
+    doc = results_json(computed, audit, input_failures)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results_path = atomic_write_text(run_dir / RESULTS_NAME, json.dumps(doc, indent=1, allow_nan=False))
+    report_path = atomic_write_text(run_dir / REPORT_NAME, render_grading_report(doc))
+    logger.info("grading results in %s", results_path)
+    return GradingRun(run_dir=run_dir, results_path=results_path, report_path=report_path, n_levels=doc["counts"]["n_levels"],
+                      n_failed=doc["failures"]["count"], acceptance=tuple(computed["criteria_status"].items()))  # fmt: skip
+
+
+def run_grading_demo(run_dir: Path, *, n_patients: int | None = None, seed: int | None = None, n_resamples: int = 2000) -> GradingRun:
+    """Generate the synthetic grading cohort, write it as the input table ``grades.csv``, and audit it."""
+    spec = GradingCohortSpec()
+    spec = dataclasses.replace(spec, n_patients=n_patients or spec.n_patients, seed=spec.seed if seed is None else seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / INPUT_NAME, make_grading_cohort(spec).to_csv(index=False))
+    return run_grading(run_dir / INPUT_NAME, run_dir, GradingAudit(n_resamples=n_resamples))
