@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
-import pytest
-from typer.testing import CliRunner
 
-from audit.cli import app
-from audit.grading.runner import INPUT_NAME, RESULTS_NAME
 from audit.grading.tables import RSNA_CONDITIONS, RSNA_LEVELS
 
 PROBS = ["p_0", "p_1", "p_2"]
@@ -27,18 +21,3 @@ def rsna_study_tables(seed: int, n_studies: int = 12) -> tuple[pd.DataFrame, pd.
         train[col] = rng.choice(LABELS, n_studies, p=[0.6, 0.3, 0.1])
     rows = [(f"{s}_{col}", *rng.dirichlet([2, 1, 1])) for s in train["study_id"] for col in columns]
     return train, pd.DataFrame(rows, columns=["row_id", "normal_mild", "moderate", "severe"])
-
-
-@pytest.fixture(scope="session")
-def grading_demo(tmp_path_factory):
-    """One `spine-audit demo --task grading` run: (run folder, results, input table, reference-model pairs)."""
-    out = tmp_path_factory.mktemp("grading") / "run"
-    result = CliRunner().invoke(app, ["demo", "--task", "grading", "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
-    doc = json.loads((out / RESULTS_NAME).read_text())
-    grades = pd.read_csv(out / INPUT_NAME, dtype={"case": str, "patient": str})
-    key = ["case", "level", "condition", "side"]
-    ref = grades[grades["reader"] == "reader_1"].drop(columns=PROBS)
-    model = grades[grades["reader"] == "model"][[*key, "grade", *PROBS]]
-    paired = ref.merge(model, on=key, suffixes=("_ref", "_model"))
-    return out, doc, grades, paired

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from audit.cli import app
 from audit.grading.runner import REPORT_NAME, GradingAudit, run_grading
 from audit.grading.synthetic import SITES, UNDERCALL_SITE
-from grading_builders import grading_demo  # noqa: F401  (the session fixture)
 
 TOL = 1e-9
 PROBS = ["p_0", "p_1", "p_2"]

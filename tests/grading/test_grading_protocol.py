@@ -12,7 +12,7 @@ from audit.cli import app
 from audit.errors import ProtocolError
 from audit.grading.protocol import load_grading_protocol
 from audit.grading.runner import INPUT_NAME, RESULTS_NAME
-from grading_builders import grading_demo, rsna_study_tables  # noqa: F401  (grading_demo: the session fixture)
+from grading_builders import rsna_study_tables
 
 LONG_PROTOCOL = """task: grading
 name: grading from a long table
