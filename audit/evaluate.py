@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from audit import ontology
-from audit.harmonize.loading import ReadLimits
+from audit.harmonize.loading import ReadLimits, load_label_array
 from audit.metrics import EmptyPolicy, compute_case_metrics, load_labels_with_affine
 from audit.records import CaseFailure, not_assessed_rows
 
@@ -79,10 +79,16 @@ def not_annotated(structures: Sequence[str], annotated: Collection[str] | None) 
     return tuple(s for s in structures if not ontology.is_annotated(s, annotated))
 
 
-def _load_labels(path: str, role: str, limits: ReadLimits) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """A 3-D integer label volume through the guarded reader (its errors name the role, file and cause)."""
-    data, spacing, affine = load_labels_with_affine(path, limits=limits, role=role)
-    return data, affine, spacing
+def _load_labels(path: str, role: str, limits: ReadLimits, content: bytes | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """A 3-D integer label volume through the guarded reader (its errors name the role, file and cause).
+
+    ``content``: the file's bytes when the caller already read them (:func:`~audit.harmonize.loading.read_file_bytes`).
+    """
+    if content is None:
+        data, spacing, affine = load_labels_with_affine(path, limits=limits, role=role)
+        return data, affine, spacing
+    loaded = load_label_array(content, role=role, limits=limits, name=str(path))
+    return loaded.array, loaded.affine, loaded.spacing
 
 
 def evaluate_case(
@@ -95,6 +101,7 @@ def evaluate_case(
     settings: EvaluationSettings,
     site: str = "Unknown",
     annotated: Collection[str] | None = None,
+    contents: tuple[bytes, bytes] | None = None,
 ) -> pd.DataFrame | CaseFailure:
     """Compute the metric-table rows of one case, or return why it failed.
 
@@ -102,10 +109,12 @@ def evaluate_case(
     prediction must already be on that grid (the inference stage resamples it back). Structures the site's
     reference does not annotate (``annotated``, the site config's :attr:`~audit.sites.SiteConfig.annotated_structures`;
     None = all) get status ``not_assessed`` and no value: the model's output there is never a false positive.
+    ``contents`` holds the two files' bytes (reference, prediction) when the caller already read them (the metric
+    cache hashes them), so each file is opened once; they are decoded by the same guarded reader.
     """
     stage = "harmonize"
     try:
-        reference_raw, prediction_raw, spacing = load_case_labels(label_path, prediction_path, settings)
+        reference_raw, prediction_raw, spacing = load_case_labels(label_path, prediction_path, settings, contents=contents)
         return evaluate_arrays(case_id, reference_raw, prediction_raw, spacing, reference_map=reference_map, prediction_map=prediction_map,
                                settings=settings, annotated=annotated)
     except Exception as exc:  # one bad case must never stop the audit
@@ -114,10 +123,16 @@ def evaluate_case(
         return CaseFailure.from_exception(case_id, stage, exc, site=site)
 
 
-def load_case_labels(label_path: str, prediction_path: str, settings: EvaluationSettings) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Reference and prediction label arrays of a case (guarded reader, ``settings.limits``), checked to share one grid."""
-    reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label", settings.limits)
-    prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction", settings.limits)
+def load_case_labels(
+    label_path: str, prediction_path: str, settings: EvaluationSettings, *, contents: tuple[bytes, bytes] | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Reference and prediction label arrays of a case (guarded reader, ``settings.limits``), checked to share one grid.
+
+    ``contents``: the two files' bytes (reference, prediction) when already read; the paths then only name them.
+    """
+    ref_content, pred_content = contents if contents is not None else (None, None)
+    reference_raw, ref_affine, spacing = _load_labels(label_path, "reference label", settings.limits, ref_content)
+    prediction_raw, pred_affine, _ = _load_labels(prediction_path, "prediction", settings.limits, pred_content)
     if reference_raw.shape != prediction_raw.shape:
         raise ValueError(f"prediction shape {prediction_raw.shape} differs from reference shape {reference_raw.shape}")
     if not np.allclose(ref_affine, pred_affine, atol=AFFINE_ATOL_MM):

@@ -22,6 +22,7 @@ import pandas as pd
 
 from audit.evaluate import EvaluationSettings, evaluate_case
 from audit.fileio import atomic_write_text
+from audit.harmonize.loading import read_file_bytes
 from audit.ontology import LabelMap
 from audit.records import CaseFailure
 
@@ -42,6 +43,10 @@ def _file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _sha256(path: str | Path, content: bytes | None) -> str:
+    return _file_sha256(path) if content is None else hashlib.sha256(content).hexdigest()
+
+
 def _label_map_doc(label_map: LabelMap) -> dict[str, Any]:
     return {"values": {str(int(k)): v for k, v in sorted(label_map.values.items())}, "ignore": sorted(int(v) for v in label_map.ignore)}
 
@@ -54,8 +59,12 @@ def metric_cache_key(
     prediction_map: LabelMap,
     settings: EvaluationSettings,
     annotated: Collection[str] | None = None,
+    contents: tuple[bytes, bytes] | None = None,
 ) -> str:
     """SHA-256 of the inputs that determine a case's metric rows (file contents, label maps, settings, annotated structures).
+
+    ``contents`` gives the two files' bytes (reference, prediction) when already read; the key is the same as
+    from the files.
 
     Examples
     --------
@@ -69,11 +78,14 @@ def metric_cache_key(
     >>> k = metric_cache_key(label_path=d / "a", prediction_path=d / "b", reference_map=m, prediction_map=m, settings=s)
     >>> k == metric_cache_key(label_path=d / "b", prediction_path=d / "a", reference_map=m, prediction_map=m, settings=s)
     False
+    >>> k == metric_cache_key(label_path=d / "a", prediction_path=d / "b", reference_map=m, prediction_map=m, settings=s, contents=(b"x", b"y"))
+    True
     """
+    ref_content, pred_content = contents if contents is not None else (None, None)
     doc = {
         "version": METRIC_CACHE_VERSION,
-        "reference": _file_sha256(label_path),
-        "prediction": _file_sha256(prediction_path),
+        "reference": _sha256(label_path, ref_content),
+        "prediction": _sha256(prediction_path, pred_content),
         "reference_map": _label_map_doc(reference_map),
         "prediction_map": _label_map_doc(prediction_map),
         "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
@@ -112,26 +124,34 @@ def _load(path: Path, case_id: str) -> pd.DataFrame | None:
 def evaluate_case_cached(case_id: str, *, cache_dir: str | Path, **kwargs: Any) -> pd.DataFrame | CaseFailure:
     """:func:`audit.evaluate.evaluate_case` through the cache in ``cache_dir`` (same arguments and result).
 
-    A hashing error (unreadable file) is left to :func:`~audit.evaluate.evaluate_case`, which records it as
-    the case's failure.
+    Each file is opened once: its bytes are read through the guarded reader
+    (:func:`~audit.harmonize.loading.read_file_bytes`, size bounded by ``settings.limits``), hashed for the key,
+    and on a miss decoded from the same bytes. A file that cannot be read (missing, over the budget) is left to
+    :func:`~audit.evaluate.evaluate_case`, which records it as the case's failure.
     """
     cache_dir = Path(cache_dir)
+    limits = kwargs["settings"].limits
     try:
-        key = metric_cache_key(
-            label_path=kwargs["label_path"],
-            prediction_path=kwargs["prediction_path"],
-            reference_map=kwargs["reference_map"],
-            prediction_map=kwargs["prediction_map"],
-            settings=kwargs["settings"],
-            annotated=kwargs.get("annotated"),
+        contents = (
+            read_file_bytes(kwargs["label_path"], role="reference label", limits=limits),
+            read_file_bytes(kwargs["prediction_path"], role="prediction", limits=limits),
         )
-    except OSError:
+    except (OSError, ValueError):
         return evaluate_case(case_id, **kwargs)
+    key = metric_cache_key(
+        label_path=kwargs["label_path"],
+        prediction_path=kwargs["prediction_path"],
+        reference_map=kwargs["reference_map"],
+        prediction_map=kwargs["prediction_map"],
+        settings=kwargs["settings"],
+        annotated=kwargs.get("annotated"),
+        contents=contents,
+    )
     path = _entry(cache_dir, key)
     cached = _load(path, case_id)
     if cached is not None:
         return cached
-    result = evaluate_case(case_id, **kwargs)
+    result = evaluate_case(case_id, contents=contents, **kwargs)
     if isinstance(result, pd.DataFrame):
         doc = {
             "columns": list(result.columns),

@@ -56,6 +56,7 @@ __all__ = [
     "NiftiHeader",
     "NiftiData",
     "read_header",
+    "read_file_bytes",
     "load_nifti",
     "load_label_array",
 ]
@@ -273,6 +274,15 @@ def _parse_header(head: bytes, name: str, role: str, limits: ReadLimits) -> Nift
     return NiftiHeader(name, header, shape, dtype, affine, offset, n_bytes)  # type: ignore[arg-type]
 
 
+def _max_file_bytes(limits: ReadLimits) -> int:
+    """A file cannot be much larger than the voxel data it may declare (header and extensions: 1 MiB)."""
+    return limits.max_bytes + 2**20
+
+
+def _too_large(role: str, label: str, size: int, limits: ReadLimits) -> ImageTooLargeError:
+    return ImageTooLargeError(f"{role} {label}: file is {size / 2**20:.1f} MiB; limits.max_memory_mb is {limits.max_memory_mb:g}")
+
+
 def _source_bytes(source: str | Path | bytes, name: str | None, role: str, limits: ReadLimits) -> tuple[BinaryIO, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(source), name or "<bytes>"
@@ -281,9 +291,49 @@ def _source_bytes(source: str | Path | bytes, name: str | None, role: str, limit
     if not path.is_file():
         raise FileNotFoundError(f"{role} {label}: no such file")
     size = path.stat().st_size
-    if size > limits.max_bytes + 2**20:  # a file cannot be much larger than the voxel data it may declare
-        raise ImageTooLargeError(f"{role} {label}: file is {size / 2**20:.1f} MiB; limits.max_memory_mb is {limits.max_memory_mb:g}")
+    if size > _max_file_bytes(limits):
+        raise _too_large(role, label, size, limits)
     return open(path, "rb"), label  # noqa: SIM115 - closed by the caller
+
+
+def read_file_bytes(path: str | Path, *, role: str = "image", limits: ReadLimits | None = None, name: str | None = None) -> bytes:
+    """The stored (still compressed) content of a file, read in one open and refused when over the budget.
+
+    For a stage that hashes a file and decodes it (cache keys): hash these bytes, then give them to
+    :func:`read_header`, :func:`load_nifti` or :func:`load_label_array` with ``name=str(path)``, so the file
+    is opened once and the messages still name it. Nothing is decompressed here.
+
+    Parameters
+    ----------
+    path : path
+        The file.
+    role, limits, name
+        As :func:`read_header`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ImageTooLargeError
+        The file is larger than ``limits.max_memory_mb`` plus 1 MiB (checked before and while reading).
+
+    Examples
+    --------
+    >>> import numpy as np, nibabel as nib, tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "lab.nii.gz"
+    >>> nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), np.eye(4)), path)
+    >>> content = read_file_bytes(path, role="label")
+    >>> load_label_array(content, name=str(path)).shape
+    (2, 2, 2)
+    """
+    limits = limits or ReadLimits()
+    raw, label = _source_bytes(Path(path), name, role, limits)
+    cap = _max_file_bytes(limits)
+    with raw:
+        content = raw.read(cap + 1)  # the file may have grown since it was measured
+    if len(content) > cap:
+        raise _too_large(role, label, len(content), limits)
+    return content
 
 
 def read_header(source: str | Path | bytes, *, role: str = "image", limits: ReadLimits | None = None, name: str | None = None) -> NiftiHeader:

@@ -1,7 +1,8 @@
 """The inference runner: prefetching, cache lookup, sliding-window prediction, back to the native grid.
 
-Per case: a worker thread reads the image bytes once (sha256 for the cache key, then gzip decompression and
-preprocessing) while the main thread runs the network on the previous case, and another worker maps the
+Per case: a worker thread reads the image bytes once through the guarded reader (file size bounded; sha256 of
+those bytes for the cache key, the header's budget checked from them, then gzip decompression and preprocessing;
+the reference label's header is its only other open) while the main thread runs the network on the previous case, and another worker maps the
 prediction back to the reference grid and writes it. zlib, NumPy and SciPy release the GIL, so loading,
 decompression and writing overlap with compute and a GPU does not wait on gzip.
 """
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from audit.harmonize.geometry import Volume, resample_to_grid, save_volume, volume_from_bytes
-from audit.harmonize.loading import ReadLimits, load_label_array, read_header
+from audit.harmonize.loading import ReadLimits, load_label_array, read_file_bytes, read_header
 from audit.inference.cache import cache_key, cache_path, clean_temporary_files
 from audit.inference.loaders import LoadedModel
 from audit.inference.predict import prepare_image, predict_labels_with_retry
@@ -122,8 +123,8 @@ def _prepare(model: LoadedModel, case: InferenceCase, cache_dir: Path, limits: R
     ref_shape, ref_affine = _reference_grid(Path(case.label_path), limits)
     source = _predictions_source(model, case) if model.kind == "predictions" else Path(case.image_path)
     role = "prediction" if model.kind == "predictions" else "image"
-    read_header(source, role=role, limits=limits)  # the budget is checked before the file is read into memory
-    data = source.read_bytes()
+    data = read_file_bytes(source, role=role, limits=limits)  # the one open of this file in the stage (file size bounded)
+    read_header(data, role=role, limits=limits, name=str(source))  # budget and geometry from the header, also on a cache hit
     t["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     digest = hashlib.sha256(data).hexdigest()
