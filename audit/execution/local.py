@@ -1,14 +1,20 @@
 """Executors on this machine: in-process (serial) and a local process pool.
 
 Both keep input order whatever the completion order, so outputs never depend on the worker count. The
-process pool survives a killed worker process: the pool is rebuilt and the cases that were in flight run
-again (each case at most ``max_attempts`` times, like dask's ``allowed-failures``).
+process pool sends jobs in chunks (one pickle and one round trip per few cases) and survives a killed worker
+process: the pool is rebuilt and the cases that were in flight run again one at a time (a case that kills
+its worker each time is given up after ``max_attempts`` runs alone, like dask's ``allowed-failures``).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import itertools
 import logging
+import os
+import pickle
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -20,7 +26,7 @@ from audit.execution.base import Executor, Job, OnError, WorkerLostError, call_j
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SerialExecutor", "ProcessExecutor"]
+__all__ = ["DEFAULT_CHUNKSIZE", "SerialExecutor", "ProcessExecutor"]
 
 
 class SerialExecutor(Executor):
@@ -55,25 +61,55 @@ class SerialExecutor(Executor):
                 yield on_error(i, job, exc)
 
 
+#: Jobs sent to a worker process together (one pickle, one round trip). Shared arguments (label maps, settings)
+#: are pickled once per chunk; 4 keeps the tail of a run balanced on 2 workers (docs/performance.md).
+DEFAULT_CHUNKSIZE = 4
+
+
+@dataclasses.dataclass
+class _Chunk:
+    """Consecutive jobs sent to one worker process, and the future of their outcomes."""
+
+    items: list[tuple[int, Job]]
+    future: Future[list[tuple[bool, Any]]]
+
+
 class ProcessExecutor(Executor):
-    """A local :class:`~concurrent.futures.ProcessPoolExecutor` with ordered, bounded, crash-tolerant map.
+    """A local :class:`~concurrent.futures.ProcessPoolExecutor` with ordered, bounded, chunked, crash-tolerant map.
+
+    Jobs travel in chunks of ``chunksize`` consecutive jobs (one pickle and one round trip per chunk); results
+    are yielded one by one in input order, identical to a serial run. When a worker process dies, the jobs
+    in flight are rerun one at a time, so a job that kills its worker takes no other job with it.
 
     Parameters
     ----------
     workers : int
         Worker processes (at least 2; use :class:`SerialExecutor` for one).
     max_attempts : int
-        How often a case may be in flight when a worker process dies before it is given up
-        (:class:`~audit.execution.base.WorkerLostError`, passed to ``on_error``).
+        How often a job may kill its worker process while running alone before it is given up
+        (:class:`~audit.execution.base.WorkerLostError`, passed to ``on_error``). After a worker dies, every job
+        that was in flight is rerun alone (nothing else in flight), so only the job that kills its worker is
+        charged; the others run again once and succeed.
+    chunksize : int
+        Jobs per chunk (:data:`DEFAULT_CHUNKSIZE`).
+
+    Examples
+    --------
+    >>> with ProcessExecutor(2, chunksize=3) as ex:
+    ...     list(ex.map(divmod, [((n, 4), {}) for n in range(7)]))
+    [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
     """
 
     kind = "processes"
 
-    def __init__(self, workers: int, *, max_attempts: int = 3) -> None:
+    def __init__(self, workers: int, *, max_attempts: int = 3, chunksize: int = DEFAULT_CHUNKSIZE) -> None:
         if workers < 2:
             raise ValueError(f"workers: a process pool needs at least 2; found {workers}")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize: must be a positive integer; found {chunksize!r}")
         self.workers = workers
         self.max_attempts = max_attempts
+        self.chunksize = chunksize
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
@@ -95,60 +131,69 @@ class ProcessExecutor(Executor):
         resources: dict[str, float] | None = None,
     ) -> Iterator[Any]:
         source = enumerate(jobs)
-        window = 4 * self.workers
-        inflight: collections.deque[tuple[int, Job, Future[Any]]] = collections.deque()
-        attempts: dict[int, int] = {}
+        window = 4 * self.workers  # chunks in flight: every worker busy while the head chunk is awaited
+        inflight: collections.deque[_Chunk] = collections.deque()
         exhausted = False
 
-        def submit(i: int, job: Job) -> None:
+        def submit(items: list[tuple[int, Job]]) -> _Chunk:
             try:
-                fut = self._get_pool().submit(_call_pickled, cloudpickle.dumps((fn, job)))
+                fut = self._get_pool().submit(_call_chunk, cloudpickle.dumps((fn, [job for _, job in items])))
             except BrokenProcessPool as exc:  # the pool broke since the last result: recovered below
                 fut = Future()
                 fut.set_exception(exc)
-            else:
-                attempts[i] = attempts.get(i, 0) + 1
-            inflight.append((i, job, fut))
+            return _Chunk(items, fut)
 
         def refill() -> None:
             nonlocal exhausted
             while not exhausted and len(inflight) < window:
-                nxt = next(source, None)
-                if nxt is None:
-                    exhausted = True
-                else:
-                    submit(*nxt)
+                items = list(itertools.islice(source, self.chunksize))
+                exhausted = len(items) < self.chunksize
+                if items:
+                    inflight.append(submit(items))
 
         refill()
         while inflight:
-            i, job, fut = inflight[0]
+            chunk = inflight[0]
             try:
-                result = fut.result()
+                outcomes = chunk.future.result()
             except BrokenProcessPool:
-                # a worker process died (killed, out of memory, segfault): rerun what it took down
+                # a worker process died (killed, out of memory, segfault): every unfinished job is rerun alone, so the
+                # job that kills its worker is found and charged, and no other job is
                 pending = list(inflight)
                 inflight.clear()
                 self._restart()
-                lost = [j for j, _, f in pending if not _succeeded(f)]
-                logger.warning("a worker process died; rerunning %d in-flight cases on a new pool", len(lost))
-                for j, jb, f in pending:
-                    if _succeeded(f):
-                        inflight.append((j, jb, f))
-                    elif attempts.get(j, 0) >= self.max_attempts:
-                        exc = WorkerLostError(f"job {j}: a worker process died each of the {attempts.get(j, 0)} times it ran")
-                        if on_error is None:
-                            raise exc from None
-                        inflight.append((j, jb, _done(on_error(j, jb, exc))))
-                    else:
-                        submit(j, jb)
+                lost = [c for c in pending if not _succeeded(c.future)]
+                logger.warning("a worker process died; rerunning the %d cases in flight one at a time", sum(len(c.items) for c in lost))
+                for c in pending:
+                    inflight.append(c if _succeeded(c.future) else _Chunk(c.items, _done([self._run_alone(fn, i, job) for i, job in c.items])))
                 continue
             except Exception as exc:
-                if on_error is None:
-                    raise
-                result = on_error(i, job, exc)
+                if len(chunk.items) > 1:  # the chunk as a whole failed (e.g. an unpicklable result): retry its jobs one by one
+                    inflight.popleft()
+                    inflight.extendleft(reversed([submit([item]) for item in chunk.items]))
+                    continue
+                outcomes = [(False, exc)]
             inflight.popleft()
             refill()
-            yield result
+            for (i, job), (ok, value) in zip(chunk.items, outcomes):
+                if ok:
+                    yield value
+                elif on_error is None:
+                    raise value
+                else:
+                    yield on_error(i, job, value)
+
+    def _run_alone(self, fn: Callable[..., Any], i: int, job: Job) -> tuple[bool, Any]:
+        """Run one job with nothing else in flight, up to ``max_attempts`` times while its worker dies."""
+        for _ in range(self.max_attempts):
+            fut = self._get_pool().submit(_call_chunk, cloudpickle.dumps((fn, [job])))
+            try:
+                return fut.result()[0]
+            except BrokenProcessPool:
+                self._restart()
+            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled: this job's error
+                return False, exc
+        return False, WorkerLostError(f"job {i}: a worker process died each of the {self.max_attempts} times it ran alone")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -156,10 +201,30 @@ class ProcessExecutor(Executor):
             self._pool = None
 
 
-def _call_pickled(payload: bytes) -> Any:
-    """Run a job sent with cloudpickle (which also carries mapping proxies and closures of frozen specs)."""
-    fn, job = cloudpickle.loads(payload)
-    return call_job(fn, job)
+def _call_chunk(payload: bytes) -> list[tuple[bool, Any]]:
+    """Run a chunk of jobs sent with cloudpickle (which also carries mapping proxies and closures of frozen specs).
+
+    Returns ``(True, result)`` or ``(False, exception)`` per job, so one raising job does not hide the others'
+    results; an exception that cannot travel back is replaced by a ``RuntimeError`` naming it.
+    """
+    fn, jobs = cloudpickle.loads(payload)
+    out: list[tuple[bool, Any]] = []
+    for job in jobs:
+        try:
+            out.append((True, call_job(fn, job)))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's on_error in the parent process
+            if hasattr(exc, "add_note"):  # Python 3.11+: the worker's traceback travels with the exception
+                exc.add_note(f"in worker process {os.getpid()}:\n{traceback.format_exc()}")
+            out.append((False, _portable(exc)))
+    return out
+
+
+def _portable(exc: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any pickling problem
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def _succeeded(fut: Future[Any]) -> bool:

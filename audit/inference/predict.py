@@ -140,8 +140,21 @@ def predict_probabilities(
 
 
 def probabilities_to_labels(probs: torch.Tensor) -> np.ndarray:
-    """Arg-max over channels; channel ``c`` is label value ``c`` (uint8, or uint16 beyond 255 classes)."""
-    labels = torch.argmax(probs, dim=0).cpu().numpy()
+    """Arg-max over channels; channel ``c`` is label value ``c`` (uint8, or uint16 beyond 255 classes).
+
+    Ties go to the first channel and a NaN counts as the maximum, as in ``torch.argmax``. On the CPU the
+    arg-max runs in NumPy (same rules, identical labels): torch's CPU arg-max over the outer channel axis took
+    35 ms per demo case against 5 ms (5 x 16 x 96 x 144 floats, one thread; docs/performance.md).
+
+    Examples
+    --------
+    >>> probabilities_to_labels(torch.tensor([[[[0.2, 0.5]]], [[[0.8, 0.5]]]])).ravel().tolist()
+    [1, 0]
+    """
+    if probs.device.type == "cpu":
+        labels = np.argmax(probs.numpy(), axis=0)
+    else:
+        labels = torch.argmax(probs, dim=0).cpu().numpy()
     return labels.astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
 
 

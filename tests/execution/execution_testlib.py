@@ -51,3 +51,10 @@ def kill_once_then(fn_name: str, *args: Any, marker: str, **kwargs: Any) -> Any:
     import audit.evaluate
 
     return getattr(audit.evaluate, fn_name)(*args, **kwargs)
+
+
+def unpicklable_result_for_two(x: int) -> Any:
+    """``x``, except for 2: a generator, which cannot be pickled back to the parent process."""
+    if x == 2:
+        return (i for i in range(3))
+    return x

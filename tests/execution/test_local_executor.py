@@ -6,7 +6,7 @@ import pytest
 
 from audit.execution import ExecutionSettings, ProcessExecutor, SerialExecutor, WorkerLostError, map_cases, open_executor
 
-from execution_testlib import always_kill_worker, kill_worker_once, raise_for_odd, square_plus
+from execution_testlib import always_kill_worker, kill_worker_once, raise_for_odd, square_plus, unpicklable_result_for_two
 
 
 def test_process_pool_matches_serial_in_input_order():
@@ -14,6 +14,33 @@ def test_process_pool_matches_serial_in_input_order():
     serial = list(map_cases(square_plus, jobs, workers=1))
     parallel = list(map_cases(square_plus, jobs, workers=2))
     assert serial == parallel == [i * i + 1 for i in range(20)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 4, 7, 50], ids=lambda c: f"chunksize-{c}")
+def test_chunked_pool_yields_serial_results_in_input_order(chunksize):
+    jobs = [((i,), {"offset": 3}) for i in range(23)]  # 23: no chunk size here divides it
+    with ProcessExecutor(2, chunksize=chunksize) as ex:
+        assert list(ex.map(square_plus, iter(jobs))) == list(map_cases(square_plus, jobs, workers=1))
+
+
+@pytest.mark.parametrize("chunksize", [0, -1, 1.5, True], ids=["zero", "negative", "float", "bool"])
+def test_chunksize_must_be_a_positive_integer(chunksize):
+    with pytest.raises(ValueError, match=f"chunksize: must be a positive integer; found {chunksize!r}"):
+        ProcessExecutor(2, chunksize=chunksize)
+
+
+def test_a_result_that_cannot_travel_back_fails_only_its_own_job():
+    # the chunk [0, 1, 2, 3] fails as a whole (job 2's result cannot be pickled); its jobs are rerun one by one
+    errors = []
+
+    def record(i, job, exc):
+        errors.append(i)
+        return "error"
+
+    with ProcessExecutor(2, chunksize=4) as ex:
+        out = list(ex.map(unpicklable_result_for_two, [((i,), {}) for i in range(6)], on_error=record))
+    assert out == [0, 1, "error", 3, 4, 5]
+    assert errors == [2]
 
 
 def test_workers_must_be_positive():
@@ -44,7 +71,7 @@ def test_a_job_that_always_kills_its_worker_becomes_an_error_record_after_max_at
 
     with ProcessExecutor(2, max_attempts=2) as ex:
         out = list(ex.map(always_kill_worker, [((i,), {}) for i in range(4)], on_error=record))
-    # job 1 is lost for good; the jobs in flight beside it were rerun and succeeded
+    # job 1 is lost for good; its chunk-mates (one chunk of 4) were rerun one by one and succeeded
     assert out == [0, "lost", 2, 3]
     assert seen == [(1, "WorkerLostError")]
 
