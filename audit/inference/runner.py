@@ -124,7 +124,6 @@ def _prepare(model: LoadedModel, case: InferenceCase, cache_dir: Path, limits: R
     source = _predictions_source(model, case) if model.kind == "predictions" else Path(case.image_path)
     role = "prediction" if model.kind == "predictions" else "image"
     data = read_file_bytes(source, role=role, limits=limits)  # the one open of this file in the stage (file size bounded)
-    read_header(data, role=role, limits=limits, name=str(source))  # budget and geometry from the header, also on a cache hit
     t["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     digest = hashlib.sha256(data).hexdigest()
@@ -141,9 +140,10 @@ def _prepare(model: LoadedModel, case: InferenceCase, cache_dir: Path, limits: R
     t["hash"] = time.perf_counter() - t0
     prepared = _Prepared(case, out, ref_shape, ref_affine, t)
     if out.is_file():
+        read_header(data, role=role, limits=limits, name=str(source))  # a cached case's file still passes the header checks
         prepared.hit = True
         return prepared
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # decoding below checks the header (budget, geometry) before any voxel is decompressed
     if model.kind == "predictions":  # a precomputed prediction is a label file: finite integers only
         labels = load_label_array(data, role=role, name=str(source), limits=limits)
         native = Volume(labels.array, labels.affine)
