@@ -1,17 +1,21 @@
 """Scale benchmarks: the demo audit end to end per stage, and the metrics stage with 1 and 2 workers.
 
 Each measurement can run the previous code in the same invocation (``--baseline DIR``: a checkout of the
-older commit, e.g. ``git worktree add /tmp/base <commit>``), in a fresh interpreter whose working directory
+older commit, e.g. ``git archive <commit> | tar -x -C /tmp/base``), in a fresh interpreter whose working directory
 is that checkout, so both versions see the same machine state.
 
 Usage::
 
     python benchmarks/bench_scale.py demo --cases 200 --workers 2 --baseline /tmp/base
+    python benchmarks/bench_scale.py demo --cases 1255 --workers 2 --baseline /tmp/base --repeats 1
     python benchmarks/bench_scale.py metrics --cases 200 --baseline /tmp/base
 
 ``demo`` prints one JSON line per code version with the wall time of each stage (the pipeline's progress
 clock: from a stage's first progress call to its last) and the total; ``metrics`` times the per-case metrics
-stage alone (``evaluate_case`` over every case of a finished demo run) with 1 and 2 workers.
+stage alone (``evaluate_case`` over every case of a finished demo run) with 1 and 2 workers. Every line also
+carries the CPU seconds of the measured processes (the interpreter and its joined pool workers), the peak RSS
+of the largest one and the load averages (1, 5, 15 min) before and after: on a shared machine, wall times are
+only comparable at similar load, CPU seconds are the stable measure.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,15 +78,20 @@ _METRICS = textwrap.dedent(
     absolute = lambda p: str(p if Path(p).is_absolute() else run / p)
     jobs = [((r.case_id,), dict(label_path=absolute(r.label_path), prediction_path=absolute(r.prediction_path), reference_map=maps[r.site],
              prediction_map=model.label_map, settings=settings, site=r.site)) for r in manifest.itertuples(index=False)]
+    import os, resource
+    def cpu():
+        return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
     out = {}
     for workers in (1, 2):
-        t0 = time.perf_counter()
+        t0, c0, load0 = time.perf_counter(), cpu(), os.getloadavg()[0]
         try:
             tables = list(map_cases(evaluate_case, jobs, workers=workers))
         except Exception as exc:  # the previous code's pool could not pickle label maps
             out[f"workers_{workers}_error"] = f"{type(exc).__name__}: {exc}"
             continue
         out[f"workers_{workers}_s"] = round(time.perf_counter() - t0, 2)
+        out[f"workers_{workers}_cpu_s"] = round(cpu() - c0, 2)  # this process and its (joined) pool workers
+        out[f"workers_{workers}_load_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     if "workers_2_s" in out:
         out["speedup"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
     out["n_cases"] = len(jobs)
@@ -89,33 +100,51 @@ _METRICS = textwrap.dedent(
 )
 
 
+def _loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def _run(code: str, checkout: Path, *args: str) -> dict:
+    """Run ``code`` in a fresh interpreter in ``checkout``; its JSON line plus CPU seconds, peak RSS and load averages.
+
+    ``cpu_s`` is user + system time of the interpreter and every process it started and joined (pool workers),
+    from ``getrusage(RUSAGE_CHILDREN)``; ``max_rss_mb`` is the largest single process among them.
+    """
     env = {**os.environ, "PYTHONPATH": str(checkout)}
+    before, load_before = resource.getrusage(resource.RUSAGE_CHILDREN), _loadavg()
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=checkout, env=env, capture_output=True, text=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{checkout}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "cpu_s": round(cpu, 1), "max_rss_mb": round(after.ru_maxrss / 1024),
+            "load_avg_before": load_before, "load_avg_after": _loadavg()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=["demo", "metrics"])
     parser.add_argument("--cases", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2, help="demo: workers of the new code (the baseline runs as the old demo did, 1)")
+    parser.add_argument("--workers", type=int, default=2, help="demo: workers of the new code")
+    parser.add_argument("--baseline-workers", type=int, help="demo: workers of the baseline (default: --workers)")
     parser.add_argument("--baseline", type=Path, help="checkout of the previous code, measured in the same run")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds; each round runs baseline then current (interleaved under drifting load)")
     args = parser.parse_args()
-    versions = [("baseline", args.baseline, 1)] if args.baseline else []
+    versions = [("baseline", args.baseline, args.baseline_workers or args.workers)] if args.baseline else []
     versions.append(("current", HERE, args.workers))
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "metrics":  # one finished run (current code, one torch thread), scored by each version
             _run("import torch; torch.set_num_threads(1)\n" + _DEMO, HERE, str(args.cases), str(Path(tmp) / "run"), "1")
-        for name, checkout, workers in versions:
-            if args.what == "demo":
-                result = _run(_DEMO, checkout, str(args.cases), str(Path(tmp) / name), str(workers))
-            else:
-                result = _run(_METRICS, checkout, str(Path(tmp) / "run"))
-            print(json.dumps({"benchmark": args.what, "code": name, "checkout": str(checkout), "cases": args.cases, "workers": workers,
-                              "cpu_count": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 1), **result}), flush=True)
+        for round_ in range(1, args.repeats + 1):
+            for name, checkout, workers in versions:
+                if args.what == "demo":
+                    out = Path(tmp) / f"{name}-{round_}"
+                    result = _run(_DEMO, checkout, str(args.cases), str(out), str(workers))
+                    shutil.rmtree(out, ignore_errors=True)
+                else:
+                    result = _run(_METRICS, checkout, str(Path(tmp) / "run"))
+                print(json.dumps({"benchmark": args.what, "code": name, "round": round_, "checkout": str(checkout), "cases": args.cases,
+                                  "workers": workers, "cpu_count": os.cpu_count(), **result}), flush=True)
 
 
 if __name__ == "__main__":
