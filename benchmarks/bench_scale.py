@@ -81,19 +81,34 @@ _METRICS = textwrap.dedent(
     import os, resource
     def cpu():
         return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+    import psutil
+    def self_cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
     out = {}
     for workers in (1, 2):
-        t0, c0, load0 = time.perf_counter(), cpu(), os.getloadavg()[0]
+        t0, c0, s0, load0 = time.perf_counter(), cpu(), self_cpu(), os.getloadavg()[0]
+        per_worker = []
         try:
-            tables = list(map_cases(evaluate_case, jobs, workers=workers))
+            for i, _ in enumerate(map_cases(evaluate_case, jobs, workers=workers)):
+                if i == len(jobs) - 1:  # the pool's workers are still alive: their CPU seconds, one by one
+                    per_worker = [sum(c.cpu_times()[:2]) for c in psutil.Process().children(recursive=True)]
         except Exception as exc:  # the previous code's pool could not pickle label maps
             out[f"workers_{workers}_error"] = f"{type(exc).__name__}: {exc}"
             continue
         out[f"workers_{workers}_s"] = round(time.perf_counter() - t0, 2)
         out[f"workers_{workers}_cpu_s"] = round(cpu() - c0, 2)  # this process and its (joined) pool workers
+        out[f"workers_{workers}_parent_cpu_s"] = round(self_cpu() - s0, 2)
+        if per_worker:
+            out[f"workers_{workers}_worker_cpu_s"] = [round(w, 2) for w in per_worker]
         out[f"workers_{workers}_load_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     if "workers_2_s" in out:
         out["speedup"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
+    if out.get("workers_2_worker_cpu_s"):
+        # on two idle cores the 2-worker wall time is at least the busiest worker's CPU time and at least half of all
+        # CPU time (parent + workers); the serial run's CPU time over that bound is the speedup two idle cores allow
+        bound = max(max(out["workers_2_worker_cpu_s"]), (out["workers_2_parent_cpu_s"] + sum(out["workers_2_worker_cpu_s"])) / 2)
+        out["speedup_cpu_bound"] = round(out["workers_1_cpu_s"] / bound, 2)
     out["n_cases"] = len(jobs)
     print(json.dumps(out))
     """
