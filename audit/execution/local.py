@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import logging
 import os
 import pickle
@@ -26,7 +25,7 @@ from audit.execution.base import Executor, Job, OnError, WorkerLostError, call_j
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CHUNKSIZE", "SerialExecutor", "ProcessExecutor"]
+__all__ = ["DEFAULT_CHUNKSIZE", "SerialExecutor", "ProcessExecutor", "guided_chunksize"]
 
 
 class SerialExecutor(Executor):
@@ -61,8 +60,8 @@ class SerialExecutor(Executor):
                 yield on_error(i, job, exc)
 
 
-#: Jobs sent to a worker process together (one pickle, one round trip). Shared arguments (label maps, settings)
-#: are pickled once per chunk; 4 keeps the tail of a run balanced on 2 workers (docs/performance.md).
+#: Largest number of jobs sent to a worker process together (one pickle, one round trip). Shared arguments (label
+#: maps, settings) are pickled once per chunk (docs/performance.md).
 DEFAULT_CHUNKSIZE = 4
 
 
@@ -91,7 +90,9 @@ class ProcessExecutor(Executor):
         that was in flight is rerun alone (nothing else in flight), so only the job that kills its worker is
         charged; the others run again once and succeed.
     chunksize : int
-        Jobs per chunk (:data:`DEFAULT_CHUNKSIZE`).
+        Largest number of jobs per chunk (:data:`DEFAULT_CHUNKSIZE`). Once the end of ``jobs`` is in sight, chunks
+        shrink (:func:`guided_chunksize`) so the workers finish together; a run of under ``8 x workers`` jobs
+        goes one job per chunk.
 
     Examples
     --------
@@ -133,6 +134,7 @@ class ProcessExecutor(Executor):
         source = enumerate(jobs)
         window = 4 * self.workers  # chunks in flight: every worker busy while the head chunk is awaited
         inflight: collections.deque[_Chunk] = collections.deque()
+        ahead: collections.deque[tuple[int, Job]] = collections.deque()  # read from ``jobs``, not yet submitted
         exhausted = False
 
         def submit(items: list[tuple[int, Job]]) -> _Chunk:
@@ -145,11 +147,17 @@ class ProcessExecutor(Executor):
 
         def refill() -> None:
             nonlocal exhausted
-            while not exhausted and len(inflight) < window:
-                items = list(itertools.islice(source, self.chunksize))
-                exhausted = len(items) < self.chunksize
-                if items:
-                    inflight.append(submit(items))
+            while len(inflight) < window:
+                while not exhausted and len(ahead) < window * self.chunksize:  # look ahead far enough to see the end coming
+                    nxt = next(source, None)
+                    if nxt is None:
+                        exhausted = True
+                    else:
+                        ahead.append(nxt)
+                if not ahead:
+                    return
+                size = self.chunksize if not exhausted else guided_chunksize(len(ahead), self.workers, self.chunksize)
+                inflight.append(submit([ahead.popleft() for _ in range(min(size, len(ahead)))]))
 
         refill()
         while inflight:
@@ -199,6 +207,20 @@ class ProcessExecutor(Executor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def guided_chunksize(remaining: int, workers: int, largest: int) -> int:
+    """Jobs in the next chunk once ``remaining`` jobs are left: ``remaining // (4 * workers)``, from 1 to ``largest``.
+
+    Chunks shrink towards the end so the workers finish together (a short run, or a run of heavy cases, goes one
+    job per chunk).
+
+    Examples
+    --------
+    >>> [guided_chunksize(n, 2, 4) for n in (100, 32, 20, 8, 1)]
+    [4, 4, 2, 1, 1]
+    """
+    return max(1, min(largest, remaining // (4 * workers)))
 
 
 def _call_chunk(payload: bytes) -> list[tuple[bool, Any]]:

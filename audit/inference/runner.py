@@ -2,8 +2,8 @@
 
 Per case: a worker thread reads the image bytes once through the guarded reader (file size bounded; sha256 of
 those bytes for the cache key, the header's budget checked from them, then gzip decompression and preprocessing;
-the reference label's header is its only other open) while the main thread runs the network on the previous case, and another worker maps the
-prediction back to the reference grid and writes it. zlib, NumPy and SciPy release the GIL, so loading,
+the reference label's header is its only other open) while the main thread runs the network on the previous
+case, and another worker maps the prediction back to the reference grid and writes it. zlib, NumPy and SciPy release the GIL, so loading,
 decompression and writing overlap with compute and a GPU does not wait on gzip.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from audit.execution import ExecutionSettings, ProcessExecutor, SerialExecutor, WorkerLostError, map_cases, open_executor
+from audit.execution.local import guided_chunksize
 
 from execution_testlib import always_kill_worker, kill_worker_once, raise_for_odd, square_plus, unpicklable_result_for_two
 
@@ -16,11 +17,17 @@ def test_process_pool_matches_serial_in_input_order():
     assert serial == parallel == [i * i + 1 for i in range(20)]
 
 
-@pytest.mark.parametrize("chunksize", [1, 3, 4, 7, 50], ids=lambda c: f"chunksize-{c}")
-def test_chunked_pool_yields_serial_results_in_input_order(chunksize):
-    jobs = [((i,), {"offset": 3}) for i in range(23)]  # 23: no chunk size here divides it
+@pytest.mark.parametrize(("n_jobs", "chunksize"), [(23, 1), (23, 4), (101, 3), (101, 4), (101, 7), (101, 50)], ids=lambda v: str(v))
+def test_chunked_pool_yields_serial_results_in_input_order(n_jobs, chunksize):
+    jobs = [((i,), {"offset": 3}) for i in range(n_jobs)]  # 23, 101: no chunk size here divides them
     with ProcessExecutor(2, chunksize=chunksize) as ex:
         assert list(ex.map(square_plus, iter(jobs))) == list(map_cases(square_plus, jobs, workers=1))
+
+
+def test_chunks_shrink_towards_the_end():
+    # 2 workers, at most 4 per chunk: remaining // 8, between 1 and 4 (hand-checked)
+    assert [guided_chunksize(n, 2, 4) for n in (1000, 32, 31, 16, 15, 8, 7, 0)] == [4, 4, 3, 2, 1, 1, 1, 1]
+    assert [guided_chunksize(n, 4, 8) for n in (64, 63, 16)] == [4, 3, 1]
 
 
 @pytest.mark.parametrize("chunksize", [0, -1, 1.5, True], ids=["zero", "negative", "float", "bool"])
@@ -30,7 +37,8 @@ def test_chunksize_must_be_a_positive_integer(chunksize):
 
 
 def test_a_result_that_cannot_travel_back_fails_only_its_own_job():
-    # the chunk [0, 1, 2, 3] fails as a whole (job 2's result cannot be pickled); its jobs are rerun one by one
+    # 40 jobs: the first chunk is [0, 1, 2, 3]; it fails as a whole (job 2's result cannot be pickled) and its jobs
+    # are rerun one by one
     errors = []
 
     def record(i, job, exc):
@@ -38,8 +46,8 @@ def test_a_result_that_cannot_travel_back_fails_only_its_own_job():
         return "error"
 
     with ProcessExecutor(2, chunksize=4) as ex:
-        out = list(ex.map(unpicklable_result_for_two, [((i,), {}) for i in range(6)], on_error=record))
-    assert out == [0, 1, "error", 3, 4, 5]
+        out = list(ex.map(unpicklable_result_for_two, [((i,), {}) for i in range(40)], on_error=record))
+    assert out == [0, 1, "error", *range(3, 40)]
     assert errors == [2]
 
 
@@ -69,10 +77,11 @@ def test_a_job_that_always_kills_its_worker_becomes_an_error_record_after_max_at
         seen.append((i, type(exc).__name__))
         return "lost"
 
-    with ProcessExecutor(2, max_attempts=2) as ex:
-        out = list(ex.map(always_kill_worker, [((i,), {}) for i in range(4)], on_error=record))
-    # job 1 is lost for good; its chunk-mates (one chunk of 4) were rerun one by one and succeeded
-    assert out == [0, "lost", 2, 3]
+    with ProcessExecutor(2, max_attempts=2, chunksize=4) as ex:
+        out = list(ex.map(always_kill_worker, [((i,), {}) for i in range(40)], on_error=record))
+    # job 1 is lost for good; its chunk-mates (first chunk [0, 1, 2, 3]) and every other job in flight were rerun
+    # alone and succeeded
+    assert out == [0, "lost", *range(2, 40)]
     assert seen == [(1, "WorkerLostError")]
 
 
