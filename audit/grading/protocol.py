@@ -13,6 +13,9 @@ allowed ones; input paths are relative to the protocol file. Example (``protocol
     fairness_groups: [vendor, sex]
     bootstrap: {n_resamples: 2000, seed: 0, level: 0.95}
     min_group_size: 10
+    alpha: 0.05                                   # gap tests and TOST (1 - 2 alpha interval)
+    multiplicity: holm                            # or fdr_bh, bonferroni, none (Holm and BH columns are always reported)
+    equivalence_margins: {tpr: 0.1, fpr: 0.1}     # pre-registered TOST margins per rate (none: no TOST)
     criteria:
       - {id: severe-sens, description: ..., estimate: severe_sensitivity, group_by: vendor, bound: ci_low, operator: ">=", threshold: 0.8}
 """
@@ -28,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from audit.errors import ProtocolError
-from audit.grading.fairness import GradingCriterion
+from audit.grading.fairness import RATES, GradingCriterion
 from audit.grading.runner import GradingAudit
 from audit.grading.tables import DEEPSPINE_SCALE, RSNA_SCALE, read_long_table, read_rsna_submission, read_rsna_train
 from audit.yamlio import load_yaml
@@ -38,7 +41,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["GradingProtocol", "is_grading_protocol", "load_grading_protocol", "read_grading_input"]
 
 SCALES = {"rsna": RSNA_SCALE, "deepspine": DEEPSPINE_SCALE}
-_KEYS = {"task", "name", "input", "scale", "reference", "model", "breakdowns", "fairness_groups", "bootstrap", "min_group_size", "criteria"}
+_KEYS = {"task", "name", "input", "scale", "reference", "model", "breakdowns", "fairness_groups", "bootstrap", "min_group_size", "criteria",
+         "alpha", "multiplicity", "equivalence_margins"}
 _INPUT_KEYS = {"format", "table", "predictions"}
 _BOOTSTRAP_KEYS = {"n_resamples", "seed", "level"}
 MAX_BYTES = 1_000_000
@@ -114,6 +118,9 @@ def load_grading_protocol(path: str | Path) -> GradingProtocol:
             criteria.append(GradingCriterion(**dict(crit)))
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"criteria[{i}]: {exc}") from None
+    margins = data.get("equivalence_margins", None)
+    if margins is not None and not (isinstance(margins, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in margins.values())):
+        raise ProtocolError(f"equivalence_margins: expected a mapping of rate to a positive margin, rates in {list(RATES)}; found {margins!r}")
     defaults = GradingAudit()
     try:
         audit = GradingAudit(
@@ -122,6 +129,8 @@ def load_grading_protocol(path: str | Path) -> GradingProtocol:
             fairness_groups=tuple(data.get("fairness_groups", defaults.fairness_groups)), criteria=tuple(criteria),
             n_resamples=int(boot.get("n_resamples", defaults.n_resamples)), seed=int(boot.get("seed", defaults.seed)),
             level=float(boot.get("level", defaults.level)), min_group_size=int(data.get("min_group_size", defaults.min_group_size)),
+            alpha=float(data.get("alpha", defaults.alpha)), multiplicity=str(data.get("multiplicity", defaults.multiplicity)),
+            equivalence_margins=tuple((str(k), float(v)) for k, v in margins.items()) if margins is not None else (),
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"protocol file {str(path)!r}: {exc}") from None

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ import pandas as pd
 
 from audit import __version__
 from audit.fileio import atomic_write_text
+from audit.protocol import StatisticsSettings
 from audit.grading import metrics as gm
 from audit.grading.evaluate import confusion_table, metric_table, pair_grades
-from audit.grading.fairness import GradingCriterion, bootstrap_group_rates, evaluate_grading_criteria
-from audit.grading.readers import agreement_summary, pairwise_agreement
+from audit.grading.fairness import RATES, GradingCriterion, bootstrap_rate_draws, evaluate_grading_criteria, summarize_rate_draws
+from audit.grading.gaps import adjust_grading_gaps, pre_specified_pairs, rate_gaps
+from audit.grading.readers import agreement_ceiling, agreement_summary, pairwise_agreement
 from audit.grading.synthetic import GradingCohortSpec, make_grading_cohort
 from audit.grading.tables import RSNA_SCALE, GradeScale, probability_columns, read_long_table
 
@@ -44,6 +47,12 @@ DEMO_CRITERIA: tuple[GradingCriterion, ...] = (
 )  # fmt: skip
 
 
+#: The demo's pre-registered equivalence margins of the rate differences versus the reference group.
+DEMO_MARGINS: tuple[tuple[str, float], ...] = (("tpr", 0.1), ("fpr", 0.1), ("severe_sensitivity", 0.15))
+#: Multiplicity methods of :func:`audit.stats.gaps.adjust_pvalues`: those of ``statistics.multiplicity`` of segmentation protocols.
+MULTIPLICITY_METHODS: tuple[str, ...] = typing.get_args(typing.get_type_hints(StatisticsSettings)["multiplicity"])
+
+
 @dataclasses.dataclass(frozen=True)
 class GradingAudit:
     """What a grading audit computes: the scale, who is the reference, the breakdowns, groups and criteria."""
@@ -59,6 +68,18 @@ class GradingAudit:
     level: float = 0.95
     min_group_size: int = 10
     calibration_bins: int = 10
+    alpha: float = 0.05
+    multiplicity: str = "holm"  # holm, fdr_bh, bonferroni or none (audit.stats.gaps.adjust_pvalues)
+    equivalence_margins: tuple[tuple[str, float], ...] = DEMO_MARGINS  # (rate, margin) pairs, pre-registered
+
+    def __post_init__(self) -> None:
+        if self.multiplicity not in MULTIPLICITY_METHODS:
+            raise ValueError(f"multiplicity: allowed values are {list(MULTIPLICITY_METHODS)}; found {self.multiplicity!r}")
+        unknown = [r for r, _ in self.equivalence_margins if r not in RATES]
+        if unknown:
+            raise ValueError(f"equivalence_margins: allowed rates are {list(RATES)}; found {unknown}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha: must be in (0, 0.5); found {self.alpha}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +120,18 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
     scale = audit.scale
     paired, failures = pair_grades(table, scale, reference=audit.reference, model=audit.model)
     breakdowns = [b for b in audit.breakdowns if b in paired.columns]
-    rates, differences = {}, {}
+    rates, differences, gaps, equivalence = {}, {}, [], []
+    pre_specified = pre_specified_pairs(audit.criteria)
     absent = [g for g in audit.fairness_groups if g not in paired.columns]
     if absent:
         logger.warning("fairness groups %s are not columns of the graded table; criteria on them are inconclusive", absent)
     for group in (g for g in audit.fairness_groups if g in paired.columns):
-        rates[group], differences[group] = bootstrap_group_rates(
-            paired, group, positive_from=scale.positive_from, severe=scale.severe, n_resamples=audit.n_resamples, seed=audit.seed, level=audit.level
-        )
+        draws = bootstrap_rate_draws(paired, group, positive_from=scale.positive_from, severe=scale.severe, n_resamples=audit.n_resamples, seed=audit.seed)
+        rates[group], differences[group] = summarize_rate_draws(draws, audit.level)
+        gap, eq = rate_gaps(draws, level=audit.level, alpha=audit.alpha, min_group_size=audit.min_group_size,
+                            margins=dict(audit.equivalence_margins), pre_specified=pre_specified)  # fmt: skip
+        gaps.append(gap)
+        equivalence.append(eq)
     crit_rows, status = evaluate_grading_criteria(list(audit.criteria), rates, differences, min_group_size=audit.min_group_size)
     pairs = pairwise_agreement(table, n_grades=scale.n_grades, model=audit.model)
     probs = probability_columns(scale)
@@ -128,6 +153,9 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
         "paired": paired, "failures": failures, "metrics": metric_table(paired, scale, breakdowns), "confusion": confusion_table(paired, scale, breakdowns),
         "rates": rates, "differences": differences, "criteria": crit_rows, "criteria_status": status, "agreement": pairs,
         "agreement_summary": agreement_summary(pairs), "curves": curves, "rsna": rsna,
+        "gaps": adjust_grading_gaps(gaps, method=audit.multiplicity, alpha=audit.alpha),
+        "equivalence": pd.concat([e for e in equivalence if len(e)], ignore_index=True) if any(len(e) for e in equivalence) else pd.DataFrame(),
+        "ceiling": agreement_ceiling(table, n_grades=scale.n_grades, model=audit.model, n_resamples=audit.n_resamples, seed=audit.seed, level=audit.level),
     }  # fmt: skip
 
 
@@ -145,7 +173,12 @@ def results_json(computed: dict[str, Any], audit: GradingAudit, input_failures: 
                       "strata": "the fairness group when it is constant within patients"},
         "metrics": _records(computed["metrics"]), "confusion": _records(computed["confusion"]),
         "fairness": {g: {"rates": _records(computed["rates"][g]), "differences": _records(computed["differences"][g])} for g in computed["rates"]},
-        "agreement": {"pairs": _records(computed["agreement"]), "summary": computed["agreement_summary"]},
+        "agreement": {"pairs": _records(computed["agreement"]), "summary": computed["agreement_summary"], "ceiling": _records(computed["ceiling"]),
+                      "consensus": "median of the readers' grades (lower middle grade for an even number of readers)"},
+        "gaps": {"rows": _records(computed["gaps"]), "test": "two-sided Wald z on the patient-cluster bootstrap SE of the difference versus the reference group",
+                 "multiplicity": audit.multiplicity, "alpha": audit.alpha, "families": "criteria-named (grouping, rate) pairs pre-specified, the rest exploratory"},
+        "equivalence": {"rows": _records(computed["equivalence"]), "margins": dict(audit.equivalence_margins),
+                        "rule": f"{round(100 * (1 - 2 * audit.alpha))}% percentile interval inside (-margin, margin); p_tost: z-TOST on the bootstrap SE"},
         "curves": computed["curves"], "rsna": computed["rsna"],
         "criteria": {"rows": _records(computed["criteria"]), "status": computed["criteria_status"]},
     })  # fmt: skip
