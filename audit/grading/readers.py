@@ -153,8 +153,9 @@ def agreement_ceiling(
         people[name] = int(np.unique(np.concatenate([np.flatnonzero(c.sum(axis=1) > 0) for c in per])).size)
     estimates["shortfall"] = estimates["reader_reader_mean"] - estimates["model_reader_mean"]
     draws["shortfall"] = draws["reader_reader_mean"] - draws["model_reader_mean"]
-    levels["shortfall"] = levels["reader_reader_mean"] + levels["model_reader_mean"]
-    people["shortfall"] = max(people["reader_reader_mean"], people["model_reader_mean"])
+    both = levels["reader_reader_mean"] > 0 and levels["model_reader_mean"] > 0
+    levels["shortfall"] = levels["reader_reader_mean"] + levels["model_reader_mean"] if both else 0
+    people["shortfall"] = max(people["reader_reader_mean"], people["model_reader_mean"]) if both else 0
     rows = []
     for name in ("model_vs_consensus", "reader_reader_mean", "model_reader_mean", "shortfall"):
         finite = np.isfinite(draws[name]).sum() >= 2 and np.isfinite(estimates[name])
