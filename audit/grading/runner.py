@@ -21,6 +21,9 @@ import pandas as pd
 
 from audit import __version__
 from audit.fileio import atomic_write_text
+from audit.provenance import TABLE1_AXES, cohort_table
+from audit.records import DEFAULT_AGE_BAND_EDGES
+from audit.stats.groups import add_age_band
 from audit.protocol import StatisticsSettings
 from audit.grading import metrics as gm
 from audit.grading.evaluate import confusion_table, metric_table, pair_grades
@@ -60,7 +63,7 @@ class GradingAudit:
     scale: GradeScale = RSNA_SCALE
     reference: str = "reader_1"
     model: str = "model"
-    breakdowns: tuple[str, ...] = ("level", "condition", "site", "vendor", "sex")
+    breakdowns: tuple[str, ...] = ("level", "condition", "site", "vendor", "sex", "age_band")
     fairness_groups: tuple[str, ...] = ("vendor", "sex")
     criteria: tuple[GradingCriterion, ...] = DEMO_CRITERIA
     n_resamples: int = 2000
@@ -69,6 +72,7 @@ class GradingAudit:
     min_group_size: int = 10
     calibration_bins: int = 10
     alpha: float = 0.05
+    age_bands: tuple[float, ...] = DEFAULT_AGE_BAND_EDGES
     multiplicity: str = "holm"  # holm, fdr_bh, bonferroni or none (audit.stats.gaps.adjust_pvalues)
     equivalence_margins: tuple[tuple[str, float], ...] = DEMO_MARGINS  # (rate, margin) pairs, pre-registered
 
@@ -118,7 +122,11 @@ def _curves(yb: np.ndarray, score: np.ndarray, n_bins: int) -> dict[str, Any]:
 def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
     """Every number of the grading report from a tidy grading table (see :mod:`audit.grading.tables`)."""
     scale = audit.scale
+    if "age_years" in table.columns and "age_band" not in table.columns:
+        table = add_age_band(table, audit.age_bands)
     paired, failures = pair_grades(table, scale, reference=audit.reference, model=audit.model)
+    cases = paired.drop_duplicates("case_id")
+    table1 = cohort_table(cases, [a for a in TABLE1_AXES if a in cases.columns])
     breakdowns = [b for b in audit.breakdowns if b in paired.columns]
     rates, differences, gaps, equivalence = {}, {}, [], []
     pre_specified = pre_specified_pairs(audit.criteria)
@@ -153,7 +161,7 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
         "paired": paired, "failures": failures, "metrics": metric_table(paired, scale, breakdowns), "confusion": confusion_table(paired, scale, breakdowns),
         "rates": rates, "differences": differences, "criteria": crit_rows, "criteria_status": status, "agreement": pairs,
         "agreement_summary": agreement_summary(pairs), "curves": curves, "rsna": rsna,
-        "gaps": adjust_grading_gaps(gaps, method=audit.multiplicity, alpha=audit.alpha),
+        "table1": table1, "gaps": adjust_grading_gaps(gaps, method=audit.multiplicity, alpha=audit.alpha),
         "equivalence": pd.concat([e for e in equivalence if len(e)], ignore_index=True) if any(len(e) for e in equivalence) else pd.DataFrame(),
         "ceiling": agreement_ceiling(table, n_grades=scale.n_grades, model=audit.model, n_resamples=audit.n_resamples, seed=audit.seed, level=audit.level),
     }  # fmt: skip
@@ -171,6 +179,7 @@ def results_json(computed: dict[str, Any], audit: GradingAudit, input_failures: 
         "failures": {"count": len(failures), "by_type": dict(collections.Counter(f.error_type for f in failures)), "by_site": dict(collections.Counter(f.site for f in failures))},
         "bootstrap": {"n_resamples": audit.n_resamples, "seed": audit.seed, "level": audit.level, "cluster": "patient_id", "interval": "percentile",
                       "strata": "the fairness group when it is constant within patients"},
+        "table1": _records(computed["table1"]), "age_bands": list(audit.age_bands),
         "metrics": _records(computed["metrics"]), "confusion": _records(computed["confusion"]),
         "fairness": {g: {"rates": _records(computed["rates"][g]), "differences": _records(computed["differences"][g])} for g in computed["rates"]},
         "agreement": {"pairs": _records(computed["agreement"]), "summary": computed["agreement_summary"], "ceiling": _records(computed["ceiling"]),
@@ -190,12 +199,16 @@ def run_grading(source: Path | pd.DataFrame, run_dir: Path, audit: GradingAudit 
     return run_grading_table(table, input_failures, run_dir, audit)
 
 
-def run_grading_table(table: pd.DataFrame, input_failures: list, run_dir: Path, audit: GradingAudit) -> GradingRun:
-    """Compute everything from a tidy grading table and its read failures; write the results JSON and the report."""
+def run_grading_table(table: pd.DataFrame, input_failures: list, run_dir: Path, audit: GradingAudit, series: dict[str, Any] | None = None) -> GradingRun:
+    """Compute everything from a tidy grading table and its read failures; write the results JSON and the report.
+
+    ``series`` is the RSNA series summary of :func:`audit.grading.cohort.series_summary` (saved as it is).
+    """
     from audit.grading.report import render_grading_report
 
     computed = compute_grading(table, audit)
     doc = results_json(computed, audit, input_failures)
+    doc["series"] = _clean(series or {})
     run_dir.mkdir(parents=True, exist_ok=True)
     results_path = atomic_write_text(run_dir / RESULTS_NAME, json.dumps(doc, indent=1, allow_nan=False))
     report_path = atomic_write_text(run_dir / REPORT_NAME, render_grading_report(doc))

@@ -50,7 +50,7 @@ def groups(paired: pd.DataFrame, breakdown: str):
 def test_every_metric_is_recomputed_by_sklearn(grading_demo):
     _, doc, _, paired = grading_demo
     reported = pd.DataFrame(doc["metrics"])
-    assert set(reported["breakdown"]) == {"all", "level", "condition", "site", "vendor", "sex"}
+    assert set(reported["breakdown"]) == {"all", "level", "condition", "site", "vendor", "sex", "age_band"}
     for breakdown in reported["breakdown"].unique():
         for group, sub in groups(paired, breakdown):
             expected = sklearn_metrics(sub)
