@@ -76,13 +76,16 @@ def attach_metadata(
     if failed:
         logger.warning("%s: %d cases with failed metadata rows are not scored (recorded as failures)", where, len(failed))
     has_patient = "patient_id" in columns
-    joined = out.join(meta[keep + (["patient_id"] if has_patient else [])], on="case_id", rsuffix="_metadata")
+    extra_cols = meta[keep + (["patient_id"] if has_patient else [])].rename(columns={"patient_id": "patient_id_metadata"})
+    joined = out.merge(extra_cols, left_on="case_id", right_index=True, how="left")
     unmatched = joined["site"].isna()
     if unmatched.any():
         logger.warning("%s: %d graded cases have no metadata row; their metadata is %s", where, joined.loc[unmatched, "case_id"].nunique(), UNKNOWN)
-    for col in keep:
-        if joined[col].dtype == object or col in ("site", "age_band"):
-            joined[col] = joined[col].where(joined[col].notna(), UNKNOWN)
+    for col in keep:  # numbers (age_years, field_strength_t) stay NaN, the rest is Unknown (age_redacted False)
+        if col == "age_redacted":
+            joined[col] = joined[col].where(joined[col].notna(), False).astype(bool)
+        elif not pd.api.types.is_numeric_dtype(joined[col]):
+            joined[col] = joined[col].astype(object).where(joined[col].notna(), UNKNOWN)
     if has_patient:
         joined["patient_id"] = joined["patient_id_metadata"].where(joined["patient_id_metadata"].notna(), joined["patient_id"]).astype(str)
         joined = joined.drop(columns="patient_id_metadata")

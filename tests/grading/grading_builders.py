@@ -63,3 +63,31 @@ def rater_table(seed: int, n_patients: int = 600, levels_per_patient: int = 1, r
                             "side": "none", "reader": name, "grade": grades})  # fmt: skip
               for name, grades in raters.items()]
     return pd.concat(frames, ignore_index=True)
+
+
+def rsna_series_table(study_ids, *, lacking: dict | None = None, extra_description: bool = False) -> pd.DataFrame:
+    """train_series_descriptions.csv for ``study_ids``: the three RSNA series each, except ``lacking`` {study: description}
+    (that series left out); with ``extra_description`` one more 'Coronal T2' series for the first study (not an RSNA series)."""
+    lacking = lacking or {}
+    rows = [(s, 100 * s + i, d) for s in study_ids for i, d in enumerate(["Sagittal T1", "Sagittal T2/STIR", "Axial T2"]) if lacking.get(s) != d]
+    if extra_description:
+        rows.append((study_ids[0], 99, "Coronal T2"))
+    return pd.DataFrame(rows, columns=["study_id", "series_id", "series_description"])
+
+
+#: Raw site spellings of the RSNA metadata fixture (the harmonized value is the second item).
+RAW_VENDORS = [("SIEMENS", "Siemens"), ("GE MEDICAL SYSTEMS", "GE"), ("Philips Healthcare", "Philips")]
+
+
+def rsna_metadata_table(study_ids, *, bad_age_study=None, without=()) -> pd.DataFrame:
+    """A metadata table per study in raw site vocabulary: site by study order (3 sites), vendor spelled as the scanner
+    writes it (:data:`RAW_VENDORS`), field strength in tesla or gauss, DICOM ages, sex words; ``bad_age_study`` gets the
+    age 'abc' (unparseable: a metadata failure); studies in ``without`` have no row."""
+    rows = []
+    for i, s in enumerate(study_ids):
+        if s in without:
+            continue
+        raw_vendor = RAW_VENDORS[i % 3][0]
+        rows.append({"study_id": s, "site": f"site-{'ABC'[i % 3]}", "vendor": raw_vendor, "field_strength": ["1.5", "30000", "3T"][i % 3],
+                     "age": "abc" if s == bad_age_study else f"{35 + 7 * i:03d}Y", "sex": ["female", "M"][i % 2], "race": "Not Reported"})  # fmt: skip
+    return pd.DataFrame(rows)
