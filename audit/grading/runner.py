@@ -23,7 +23,7 @@ from audit import __version__
 from audit.fileio import atomic_write_text
 from audit.provenance import TABLE1_AXES, cohort_table
 from audit.records import DEFAULT_AGE_BAND_EDGES
-from audit.stats.groups import add_age_band
+from audit.stats.groups import INTERSECTION_SEP, add_age_band
 from audit.protocol import StatisticsSettings
 from audit.grading import metrics as gm
 from audit.grading.evaluate import confusion_table, metric_table, pair_grades
@@ -126,6 +126,9 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
         table = add_age_band(table, audit.age_bands)
     paired, failures = pair_grades(table, scale, reference=audit.reference, model=audit.model)
     cases = paired.drop_duplicates("case_id")
+    # confusion matrices per level and fairness group ("L4-L5 x GE"), beside those per breakdown
+    crossed_names = [f"level{INTERSECTION_SEP}{g}" for g in audit.fairness_groups if g in paired.columns and "level" in paired.columns]
+    crossed = paired.assign(**{n: paired["level"].astype(str) + INTERSECTION_SEP + paired[n.split(INTERSECTION_SEP)[1]].astype(str) for n in crossed_names})
     table1 = cohort_table(cases, [a for a in TABLE1_AXES if a in cases.columns])
     breakdowns = [b for b in audit.breakdowns if b in paired.columns]
     rates, differences, gaps, equivalence = {}, {}, [], []
@@ -158,7 +161,8 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
             spinal = paired[paired["condition"] == "spinal_canal_stenosis"]
             rsna = {"per_condition": per_condition, "any_severe_spinal": gm.any_severe_log_loss(spinal, severe=scale.severe) if len(spinal) else float("nan")}
     return {
-        "paired": paired, "failures": failures, "metrics": metric_table(paired, scale, breakdowns), "confusion": confusion_table(paired, scale, breakdowns),
+        "paired": paired, "failures": failures, "metrics": metric_table(paired, scale, breakdowns),
+        "confusion": confusion_table(crossed, scale, [*breakdowns, *crossed_names]),
         "rates": rates, "differences": differences, "criteria": crit_rows, "criteria_status": status, "agreement": pairs,
         "agreement_summary": agreement_summary(pairs), "curves": curves, "rsna": rsna,
         "table1": table1, "gaps": adjust_grading_gaps(gaps, method=audit.multiplicity, alpha=audit.alpha),

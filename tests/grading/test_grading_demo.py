@@ -44,6 +44,9 @@ def sklearn_metrics(sub: pd.DataFrame) -> dict[str, float]:
 def groups(paired: pd.DataFrame, breakdown: str):
     if breakdown == "all":
         return [("all", paired)]
+    if " x " in breakdown:  # a crossing such as "level x vendor": groups named "L4-L5 x GE"
+        a, b = breakdown.split(" x ")
+        return [(f"{ga} x {gb}", sub) for (ga, gb), sub in paired.groupby([a, b])]
     return [(str(g), sub) for g, sub in paired.groupby(breakdown)]
 
 
