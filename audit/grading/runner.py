@@ -22,7 +22,9 @@ import pandas as pd
 from audit import __version__
 from audit.fileio import atomic_write_text
 from audit.provenance import TABLE1_AXES, cohort_table
-from audit.records import DEFAULT_AGE_BAND_EDGES
+from audit.records import DEFAULT_AGE_BAND_EDGES, failure_table
+from audit.runfolder import FAILURES, RunFolder
+from audit.stats.gaps import EQUIVALENCE_COLUMNS
 from audit.stats.groups import INTERSECTION_SEP, add_age_band
 from audit.protocol import StatisticsSettings
 from audit.grading import metrics as gm
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["GradingAudit", "GradingRun", "DEMO_CRITERIA", "RESULTS_NAME", "REPORT_NAME", "INPUT_NAME", "run_grading", "run_grading_table", "run_grading_demo"]
 
+#: Tables written to ``tables/grading_<name>.csv`` (machine-readable, beside the results document).
+GRADING_TABLES: tuple[str, ...] = ("metrics", "confusion", "table1", "gaps", "equivalence", "ceiling")
 RESULTS_NAME = "grading_results.json"
 REPORT_NAME = "grading_report.html"
 INPUT_NAME = "grades.csv"
@@ -166,7 +170,7 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
         "rates": rates, "differences": differences, "criteria": crit_rows, "criteria_status": status, "agreement": pairs,
         "agreement_summary": agreement_summary(pairs), "curves": curves, "rsna": rsna,
         "table1": table1, "gaps": adjust_grading_gaps(gaps, method=audit.multiplicity, alpha=audit.alpha),
-        "equivalence": pd.concat([e for e in equivalence if len(e)], ignore_index=True) if any(len(e) for e in equivalence) else pd.DataFrame(),
+        "equivalence": pd.concat([e for e in equivalence if len(e)], ignore_index=True) if any(len(e) for e in equivalence) else pd.DataFrame(columns=list(EQUIVALENCE_COLUMNS)),
         "ceiling": agreement_ceiling(table, n_grades=scale.n_grades, model=audit.model, n_resamples=audit.n_resamples, seed=audit.seed, level=audit.level),
     }  # fmt: skip
 
@@ -213,9 +217,13 @@ def run_grading_table(table: pd.DataFrame, input_failures: list, run_dir: Path, 
     computed = compute_grading(table, audit)
     doc = results_json(computed, audit, input_failures)
     doc["series"] = _clean(series or {})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results_path = atomic_write_text(run_dir / RESULTS_NAME, json.dumps(doc, indent=1, allow_nan=False))
-    report_path = atomic_write_text(run_dir / REPORT_NAME, render_grading_report(doc))
+    html = render_grading_report(doc)
+    folder = RunFolder(run_dir)
+    with folder.lock():  # one writer per folder; every file written atomically
+        results_path = atomic_write_text(folder.path(RESULTS_NAME), json.dumps(doc, indent=1, allow_nan=False))
+        report_path = atomic_write_text(folder.path(REPORT_NAME), html)
+        folder.write_csv(FAILURES, failure_table([*input_failures, *computed["failures"]]))
+        folder.write_tables({f"grading_{name}": computed[name] for name in GRADING_TABLES})
     logger.info("grading results in %s", results_path)
     return GradingRun(run_dir=run_dir, results_path=results_path, report_path=report_path, n_levels=doc["counts"]["n_levels"],
                       n_failed=doc["failures"]["count"], acceptance=tuple(computed["criteria_status"].items()))  # fmt: skip

@@ -57,8 +57,12 @@ def test_rsna_protocol_runs(tmp_path):
         ("task: grading\ninput: {format: rsna, table: t.csv}\n", r"input.predictions: the RSNA format needs"),
         ("task: grading\ninput: {table: g.csv}\nscale: who\n", r"scale: allowed values are \['deepspine', 'rsna'\]; found 'who'"),
         ("task: grading\ninput: {table: g.csv}\ncriteria: [{id: a, description: d, estimate: dice, group_by: vendor}]\n", r"criteria\[0\]: estimate: allowed values"),
+        ("task: grading\ninput: {table: g.csv}\nmultiplicity: sidak\n", r"multiplicity: allowed values are \['holm', 'fdr_bh', 'bonferroni', 'none'\]; found 'sidak'"),
+        ("task: grading\ninput: {table: g.csv}\nequivalence_margins: {tpr: -1}\n", r"equivalence_margins: expected a mapping of rate to a positive margin"),
+        ("task: grading\ninput: {table: g.csv}\nequivalence_margins: {dice: 0.1}\n", r"equivalence_margins: allowed rates are \['selection_rate', 'tpr', 'fpr', 'severe_sensitivity'\]; found \['dice'\]"),
+        ("task: grading\ninput: {table: g.csv}\nage_bands: [40, 18]\n", r"age_bands: need at least two strictly increasing edges; found \[40.0, 18.0\]"),
     ],
-    ids=["unknown-key", "format", "rsna-predictions", "scale", "criterion"],
+    ids=["unknown-key", "format", "rsna-predictions", "scale", "criterion", "multiplicity", "margin-value", "margin-rate", "age-bands"],
 )
 def test_protocol_errors_name_the_key(tmp_path, text, message):
     (tmp_path / "g.yaml").write_text(text)
