@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["tables", "metrics", "evaluate", "fairness", "readers", "synthetic"]
+MODULES = ["tables", "metrics", "evaluate", "fairness", "readers", "synthetic", "gaps", "cohort"]
 
 
 @pytest.mark.parametrize("name", MODULES, ids=MODULES)
