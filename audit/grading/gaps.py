@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -137,7 +136,5 @@ def adjust_grading_gaps(gaps: Sequence[pd.DataFrame], *, method: str, alpha: flo
     parts = [g for g in gaps if len(g)]
     if not parts:
         return pd.DataFrame(columns=list(GAP_COLUMNS))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # all-NaN columns in the concatenation
-        table = pd.concat(parts, ignore_index=True)
+    table = pd.concat(parts, ignore_index=True)
     return adjust_by_family(table, adjust_pvalues, method, alpha).reset_index(drop=True)
