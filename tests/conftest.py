@@ -37,3 +37,32 @@ def demo_run(tmp_path_factory) -> tuple[Path, str]:
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--cases", str(DEMO_CASES), "--seed", str(DEMO_SEED), "--quiet"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out, result.output
+
+
+@pytest.fixture(scope="session")
+def grading_demo(tmp_path_factory):
+    """One `spine-audit demo --task grading` run: (run folder, results, input table, reference-model pairs).
+
+    Here rather than in tests/grading/conftest.py: a second conftest module would shadow this one for
+    ``from conftest import DEMO_CASES`` in tests collected after tests/grading.
+    """
+    import json
+
+    import pandas as pd
+
+    from audit.cli import app
+    from audit.grading.runner import INPUT_NAME, RESULTS_NAME
+
+    probs = ["p_0", "p_1", "p_2"]
+    out = tmp_path_factory.mktemp("grading") / "run"
+    result = CliRunner().invoke(app, ["demo", "--task", "grading", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / RESULTS_NAME).read_text())
+    grades = pd.read_csv(out / INPUT_NAME, dtype={"case": str, "patient": str})
+    key = ["case", "level", "condition", "side"]
+    ref = grades[grades["reader"] == "reader_1"].drop(columns=probs)
+    model = grades[grades["reader"] == "model"][[*key, "grade", *probs]]
+    paired = ref.merge(model, on=key, suffixes=("_ref", "_model"))
+    # the age band rule (audit.records.age_bands), written out: [18, 40, 60, 75, 120) left-closed, the last open in its label
+    paired["age_band"] = pd.cut(paired["age_years"], [18, 40, 60, 75, 120], right=False, labels=["18-39", "40-59", "60-74", "75+"]).astype(str)
+    return out, doc, grades, paired
