@@ -55,7 +55,7 @@ def test_ct_demo_report_numbers_equal_results_json(ct_demo):
     shown = [(a, t) for a, t in parser.spans if a["data-src"].startswith("vertebrae.")]
     assert len(shown) >= 12 * len(results["vertebrae"]["per_level"])
     for attrs, text in parser.spans:
-        assert text == span_text_expected(results, attrs), attrs  # honours data-scale (key findings: "lower by" = -1 x difference)
+        assert text == span_text_expected(results, attrs), attrs
 
 
 def test_label_maps_and_vertebra_settings_reach_worker_processes(tmp_path):
