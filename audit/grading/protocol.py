@@ -18,6 +18,7 @@ allowed ones; input paths are relative to the protocol file. Example (``protocol
     alpha: 0.05                                   # gap tests and TOST (1 - 2 alpha interval)
     multiplicity: holm                            # or fdr_bh, bonferroni, none (Holm and BH columns are always reported)
     equivalence_margins: {tpr: 0.1, fpr: 0.1}     # pre-registered TOST margins per rate (none: no TOST)
+    reference_groups: {vendor: GE}                # reference of the gap tests (default: the largest group)
     criteria:
       - {id: severe-sens, description: ..., estimate: severe_sensitivity, group_by: vendor, bound: ci_low, operator: ">=", threshold: 0.8}
 """
@@ -46,7 +47,7 @@ __all__ = ["GradingProtocol", "is_grading_protocol", "load_grading_protocol", "r
 
 SCALES = {"rsna": RSNA_SCALE, "deepspine": DEEPSPINE_SCALE}
 _KEYS = {"task", "name", "input", "scale", "reference", "model", "breakdowns", "fairness_groups", "bootstrap", "min_group_size", "criteria",
-         "alpha", "multiplicity", "equivalence_margins", "age_bands"}
+         "alpha", "multiplicity", "equivalence_margins", "age_bands", "reference_groups"}
 _INPUT_KEYS = {"format", "table", "predictions", "series", "metadata"}
 _METADATA_KEYS = {"path", "columns", "site", "pseudonymize"}
 _BOOTSTRAP_KEYS = {"n_resamples", "seed", "level"}
@@ -128,6 +129,13 @@ def load_grading_protocol(path: str | Path) -> GradingProtocol:
     margins = data.get("equivalence_margins", None)
     if margins is not None and not (isinstance(margins, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in margins.values())):
         raise ProtocolError(f"equivalence_margins: expected a mapping of rate to a positive margin, rates in {list(RATES)}; found {margins!r}")
+    references = data.get("reference_groups", {}) or {}
+    if not isinstance(references, Mapping) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in references.values()):
+        raise ProtocolError(f"reference_groups: expected a mapping of fairness grouping to its reference group (e.g. {{vendor: GE}}); found {references!r}")
+    fairness_groups = data.get("fairness_groups", GradingAudit().fairness_groups)
+    stray = sorted(set(map(str, references)) - set(map(str, fairness_groups or ())))
+    if stray:
+        raise ProtocolError(f"reference_groups: {stray} are not fairness_groups {list(fairness_groups or ())}")
     defaults = GradingAudit()
     try:
         audit = GradingAudit(
@@ -139,6 +147,7 @@ def load_grading_protocol(path: str | Path) -> GradingProtocol:
             alpha=float(data.get("alpha", defaults.alpha)), multiplicity=str(data.get("multiplicity", defaults.multiplicity)),
             equivalence_margins=tuple((str(k), float(v)) for k, v in margins.items()) if margins is not None else (),
             age_bands=tuple(float(e) for e in data.get("age_bands", defaults.age_bands)),
+            reference_groups=tuple((str(k), str(v)) for k, v in references.items()),
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"protocol file {str(path)!r}: {exc}") from None

@@ -79,6 +79,7 @@ class GradingAudit:
     age_bands: tuple[float, ...] = DEFAULT_AGE_BAND_EDGES
     multiplicity: str = "holm"  # holm, fdr_bh, bonferroni or none (audit.stats.gaps.adjust_pvalues)
     equivalence_margins: tuple[tuple[str, float], ...] = DEMO_MARGINS  # (rate, margin) pairs, pre-registered
+    reference_groups: tuple[tuple[str, str], ...] = ()  # (fairness grouping, reference group); default the largest group
 
     def __post_init__(self) -> None:
         if self.multiplicity not in MULTIPLICITY_METHODS:
@@ -144,7 +145,7 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
         draws = bootstrap_rate_draws(paired, group, positive_from=scale.positive_from, severe=scale.severe, n_resamples=audit.n_resamples, seed=audit.seed)
         rates[group], differences[group] = summarize_rate_draws(draws, audit.level)
         gap, eq = rate_gaps(draws, level=audit.level, alpha=audit.alpha, min_group_size=audit.min_group_size,
-                            margins=dict(audit.equivalence_margins), pre_specified=pre_specified)  # fmt: skip
+                            margins=dict(audit.equivalence_margins), reference=dict(audit.reference_groups).get(group), pre_specified=pre_specified)  # fmt: skip
         gaps.append(gap)
         equivalence.append(eq)
     crit_rows, status = evaluate_grading_criteria(list(audit.criteria), rates, differences, min_group_size=audit.min_group_size)
