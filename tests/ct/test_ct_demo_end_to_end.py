@@ -64,7 +64,7 @@ def test_label_maps_and_vertebra_settings_reach_worker_processes(tmp_path):
 
     from audit.evaluate import EvaluationSettings
     from audit.execution import map_cases
-    from audit.ontology import get_label_map
+    from audit.label_maps import get_label_map
     from audit.protocol import VertebraSettings
     from audit.vertebra_eval import evaluate_case_and_vertebrae
     import nibabel as nib
