@@ -37,7 +37,8 @@ from audit.grading.tables import RSNA_SCALE, GradeScale, probability_columns, re
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GradingAudit", "GradingRun", "DEMO_CRITERIA", "RESULTS_NAME", "REPORT_NAME", "INPUT_NAME", "run_grading", "run_grading_table", "run_grading_demo"]
+__all__ = ["GradingAudit", "GradingRun", "DEMO_CRITERIA", "DEMO_MARGINS", "MULTIPLICITY_METHODS", "GRADING_TABLES", "RESULTS_NAME", "REPORT_NAME",
+           "INPUT_NAME", "compute_grading", "run_grading", "run_grading_table", "run_grading_demo"]  # fmt: skip
 
 #: Tables written to ``tables/grading_<name>.csv`` (machine-readable, beside the results document).
 GRADING_TABLES: tuple[str, ...] = ("metrics", "confusion", "table1", "gaps", "equivalence", "ceiling")
