@@ -6,6 +6,8 @@ Run: python benchmarks/bench_stats.py [--cases 10000] [--resamples 2000] [--meth
                                                      1,000 resamples, mixed models on: the demo's statistics load)
      python benchmarks/bench_stats.py --adjusted --cases 10000 --repeats 1
                                                     (the adjusted model alone, one structure: linear + logit fits)
+     python benchmarks/bench_stats.py --compare --cases 100000   (paired model comparison: unstratified bootstrap
+                                                    over all ~60,000 patients, 2 structures x 2 metrics)
      ... --baseline DIR   (also run the previous code: DIR is a checkout of the older commit, e.g.
                            ``mkdir DIR && git archive COMMIT | tar -x -C DIR``; each version runs in a fresh
                            interpreter with its own ``audit`` on PYTHONPATH, one after the other, on the same table)
@@ -72,7 +74,22 @@ def _measure(args: argparse.Namespace) -> dict:
     """Run the selected load ``args.repeats`` times in this process; save its outputs under ``args.save`` if given."""
     import audit
 
-    if args.adjusted:
+    if args.compare:
+        from audit.stats.compare import paired_differences
+
+        table = synthetic_analysis_table(args.cases)
+        other = table.assign(value=table["value"] + np.random.default_rng(1).normal(0.0, 0.01, len(table)))
+        statistics = StatisticsSettings(bootstrap_iterations=args.resamples)
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = paired_differences(table, other, structures=STRUCTURES[:2], metrics=list(METRICS)[:2], statistics=statistics,
+                                     kind="models", names=("a", "b"))  # fmt: skip
+            times.append(time.perf_counter() - t0)
+        saved = {"compare": out}
+        info = {"benchmark": "stats-compare", "cases": args.cases, "patients": int(table["patient_id"].nunique()), "resamples": args.resamples,
+                "columns": 4}  # fmt: skip
+    elif args.adjusted:
         from audit.stats.adjusted import adjusted_effects
 
         table = synthetic_analysis_table(args.cases, n_structures=1, n_metrics=1)
@@ -134,8 +151,8 @@ def _compare(base: Path, current: Path, adjusted: bool) -> dict:
                 "max_abs_estimate_diff_in_se": float(z.max()), "max_rel_se_diff": float(se.max()),
                 "per_model": {k: {"max_diff_in_se": float(z[m["model"] == k].max()), "max_rel_se_diff": float(se[m["model"] == k].max())}
                               for k in sorted(m["model"].unique())}}  # fmt: skip
-    out = {"compare": "statistics"}
-    for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "new_site"):
+    out = {"compare": "outputs"}
+    for name in sorted(p.stem for p in current.glob("*.pkl") if p.stem != "adjusted"):
         a, b = pd.read_pickle(base / f"{name}.pkl"), pd.read_pickle(current / f"{name}.pkl")
         try:
             pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -154,6 +171,7 @@ def main() -> None:
     parser.add_argument("--method", choices=("percentile", "bca"), default="percentile")
     parser.add_argument("--demo-like", action="store_true")
     parser.add_argument("--adjusted", action="store_true", help="the adjusted model alone (one structure, linear + logit), at --cases")
+    parser.add_argument("--compare", action="store_true", help="paired model comparison alone (unstratified patient bootstrap), at --cases")
     parser.add_argument("--gap-test", choices=("auto", "permutation"), default="auto")
     parser.add_argument("--permutations", type=int, default=10_000)
     parser.add_argument("--baseline", type=Path, help="checkout of the previous code, measured in the same invocation")
