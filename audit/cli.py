@@ -435,6 +435,7 @@ def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more run folders of the same protocol and cases; the first is the baseline."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file for the comparison table."),
     references: bool = typer.Option(False, "--references", help="The runs score one model against different reference label sets."),
+    all_pairs: bool = typer.Option(False, "--all-pairs", help="Compare every pair of runs (one Holm family), not only each run against the first."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Paired comparison of models (or of reference standards) on the same cases."""
@@ -459,7 +460,7 @@ def compare(
         first, second = list(tables)[:2]
         table = compare_references(tables[first], tables[second], names=(first, second), **kwargs)
     else:
-        table = compare_models(tables, **kwargs)
+        table = compare_models(tables, pairs="all" if all_pairs else "baseline", **kwargs)
     view = Table(title="Paired differences (other - baseline)")
     cols = ("baseline", "other", "structure", "metric", "n_patients", "mean_difference", "ci_low", "ci_high", "p_holm")
     for col in cols:

@@ -37,3 +37,26 @@ def demo_run(tmp_path_factory) -> tuple[Path, str]:
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--cases", str(DEMO_CASES), "--seed", str(DEMO_SEED), "--quiet"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out, result.output
+
+
+@pytest.fixture(scope="session")
+def grading_demo(tmp_path_factory):
+    """One `spine-audit demo --task grading` run: (run folder, results, input table, reference-model pairs)."""
+    import json
+
+    import pandas as pd
+
+    from audit.cli import app
+    from audit.grading.runner import INPUT_NAME, RESULTS_NAME
+
+    out = tmp_path_factory.mktemp("grading") / "run"
+    result = CliRunner().invoke(app, ["demo", "--task", "grading", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / RESULTS_NAME).read_text())
+    grades = pd.read_csv(out / INPUT_NAME, dtype={"case": str, "patient": str})
+    key = ["case", "level", "condition", "side"]
+    probs = [c for c in grades.columns if c.startswith("p_")]
+    ref = grades[grades["reader"] == "reader_1"].drop(columns=probs)
+    model = grades[grades["reader"] == "model"][[*key, "grade", *probs]]
+    paired = ref.merge(model, on=key, suffixes=("_ref", "_model"))
+    return out, doc, grades, paired

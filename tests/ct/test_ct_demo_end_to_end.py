@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from audit.cli import app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
-from report_html_helpers import ReportParser, expected_text, find_row  # noqa: E402
+from report_html_helpers import ReportParser, span_text_expected  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_ct_demo_report_numbers_equal_results_json(ct_demo):
     shown = [(a, t) for a, t in parser.spans if a["data-src"].startswith("vertebrae.")]
     assert len(shown) >= 12 * len(results["vertebrae"]["per_level"])
     for attrs, text in parser.spans:
-        assert text == expected_text(find_row(results, attrs)[attrs["data-field"]], attrs["data-kind"]), attrs
+        assert text == span_text_expected(results, attrs), attrs
 
 
 def test_label_maps_and_vertebra_settings_reach_worker_processes(tmp_path):

@@ -43,6 +43,28 @@ def test_compare_two_runs_finds_the_planted_paired_difference(demo_run, tmp_path
     assert (table.loc[table["metric"] != "dice", "mean_difference"].abs() < 1e-12).all()
 
 
+def test_compare_all_pairs_gives_every_pair_with_its_planted_difference(demo_run, tmp_path):
+    """--all-pairs: three runs give the three pairs; each pair's Dice difference is the planted shift between them."""
+    shifts = {"plus1": 0.01, "plus3": 0.03}
+    runs = [demo_run[0]]
+    for name, shift in shifts.items():
+        other = tmp_path / name
+        shutil.copytree(demo_run[0], other, ignore=shutil.ignore_patterns("cohort", "predictions", "*.html"))
+        metrics = pd.read_csv(other / "metrics.csv")
+        metrics.loc[metrics["metric"] == "dice", "value"] += shift
+        metrics.to_csv(other / "metrics.csv", index=False)
+        runs.append(other)
+    out = tmp_path / "pairs.csv"
+    result = CliRunner().invoke(app, ["compare", *map(str, runs), "--all-pairs", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    dice = pd.read_csv(out).query("metric == 'dice'")
+    planted = {("run", "plus1"): 0.01, ("run", "plus3"): 0.03, ("plus1", "plus3"): 0.02}
+    assert set(zip(dice["baseline"], dice["other"])) == set(planted)
+    for (base, other), shift in planted.items():
+        diffs = dice[(dice["baseline"] == base) & (dice["other"] == other)]["mean_difference"]
+        assert len(diffs) == 4 and ((diffs - shift).abs() < 1e-9).all(), (base, other)
+
+
 @pytest.mark.parametrize("content", ["name: [", "name: x\nversion: '1'\nstructures: [disk]\nmodel: {kind: checkpoint, path: x}\n"], ids=["yaml", "schema"])
 def test_invalid_protocol_exits_2_with_the_reason(tmp_path, content):
     path = tmp_path / "p.yaml"
