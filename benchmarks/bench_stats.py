@@ -80,12 +80,13 @@ def _measure(args: argparse.Namespace) -> dict:
         table = synthetic_analysis_table(args.cases)
         other = table.assign(value=table["value"] + np.random.default_rng(1).normal(0.0, 0.01, len(table)))
         statistics = StatisticsSettings(bootstrap_iterations=args.resamples)
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = paired_differences(table, other, structures=STRUCTURES[:2], metrics=list(METRICS)[:2], statistics=statistics,
                                      kind="models", names=("a", "b"))  # fmt: skip
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         saved = {"compare": out}
         info = {"benchmark": "stats-compare", "cases": args.cases, "patients": int(table["patient_id"].nunique()), "resamples": args.resamples,
                 "columns": 4}  # fmt: skip
@@ -94,11 +95,12 @@ def _measure(args: argparse.Namespace) -> dict:
 
         table = synthetic_analysis_table(args.cases, n_structures=1, n_metrics=1)
         settings = AdjustedModelSettings(enabled=True, factors=ADJUSTED_FACTORS)
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out, _ = adjusted_effects(table, settings=settings, structures=STRUCTURES[:1], bounded={"dice": True}, level=0.95)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         saved = {"adjusted": out}
         info = {"benchmark": "stats-adjusted", "cases": args.cases, "structures": 1, "fits": int(out["model"].nunique())}
     else:
@@ -118,12 +120,13 @@ def _measure(args: argparse.Namespace) -> dict:
                                         equivalence_margins={"dice": 0.03}, failure_thresholds={"dice": 0.8},
                                         gap_test=args.gap_test, permutation_iterations=args.permutations)  # fmt: skip
         metrics = list(METRICS)[:n_m]
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = analyze(table, structures=STRUCTURES[:n_s], metrics=metrics, subgroups=subgroups, statistics=statistics,
                              higher_is_better={m: METRICS[m] for m in metrics})  # fmt: skip
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         saved = {name: getattr(result, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "new_site", "adjusted")}
         info = {"benchmark": "stats-demo-like" if args.demo_like else "stats", "cases": n_cases, "patients": int(table["patient_id"].nunique()),
                 "sites": int(table["site"].nunique()), "axes": len(subgroups.columns) + len(subgroups.intersections), "resamples": n_resamples,
@@ -134,6 +137,7 @@ def _measure(args: argparse.Namespace) -> dict:
         for name, frame in saved.items():
             frame.to_pickle(Path(args.save) / f"{name}.pkl")
     return {**info, "best_s": round(min(times), 3), "median_s": round(float(np.median(times)), 3), "runs_s": [round(t, 2) for t in times],
+            "cpu_s": [round(c, 2) for c in cpu],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "cpus": os.cpu_count(),
             "load_avg_1min": round(os.getloadavg()[0], 1), "audit": str(Path(audit.__file__).parents[1])}  # fmt: skip
 
@@ -159,7 +163,11 @@ def _compare(base: Path, current: Path, adjusted: bool) -> dict:
             out[f"{name}_identical"] = True
         except AssertionError as exc:
             out[f"{name}_identical"] = False
-            out[f"{name}_difference"] = str(exc)[:300]
+            numeric = [c for c in a.columns if pd.api.types.is_float_dtype(a[c]) and c in b.columns]
+            if a.shape == b.shape and numeric:
+                diff = (a[numeric].astype(float) - b[numeric].astype(float)).abs().to_numpy()
+                out[f"{name}_max_abs_difference"] = float(np.nanmax(diff)) if np.isfinite(diff).any() else None
+            out[f"{name}_difference"] = str(exc)[:200]
     return out
 
 

@@ -8,16 +8,21 @@ columns at once: no per-resample Python loop, and one weight matrix serves every
 
 Memory is bounded: resamples are drawn in blocks of rows (:data:`BLOCK_DRAWS` draws per block, 32-bit
 indices), so 2,000 resamples of 60,000 patients never hold the full B x P matrix (960 MB as float64). The
-generator's stream is consumed in the same order as one ``integers`` call of shape (B, n) (tested), so the
-resamples, and every interval, are identical to those of the unblocked code for a given seed.
+generator's stream is consumed in the same order as one ``integers`` call of shape (B, n), so for a given seed the
+resamples are identical to those of the unblocked code, and so are the resampled means, bit for bit, when that
+code runs with one BLAS thread (tested). The products run on one BLAS thread: with several, OpenBLAS changes the
+last bits of such products with the thread count (the unblocked code's means differed by ~1e-17 between
+``OPENBLAS_NUM_THREADS=1`` and 2) and spends 2-8 times the CPU time on a loaded machine.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 from scipy import special
+from threadpoolctl import ThreadpoolController
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +40,9 @@ __all__ = [
 #: A stratum needs at least this many patients to be resampled on its own: a one-patient stratum is the same
 #: patient in every resample and would add no variance (intervals too narrow). Smaller strata are merged.
 MIN_STRATUM_PATIENTS = 2
-#: Patient draws per block of resamples (rows x draws per row): about 16 MB of 32-bit indices and 32 MB of
-#: float64 weights per block, whatever the number of patients or resamples.
-BLOCK_DRAWS = 1 << 22
+#: Patient draws per block of resamples (rows x draws per row; at least 64 rows): a few MB of indices and weights
+#: per block, so the block's counts stay in cache, whatever the number of patients or resamples.
+BLOCK_DRAWS = 1 << 18
 _ROW_ALIGN = 64
 
 
@@ -110,7 +115,7 @@ def _weight_blocks(rng: np.random.Generator, n_patients: int, n_resamples: int, 
     n_draws = n_patients if n_draws is None else int(n_draws)
     index = np.int32 if n_patients < 2**31 else np.int64
     # whole multiples of _ROW_ALIGN rows: the matrix product then runs every row through the same BLAS kernel
-    # (row tiles of 4-16) as one product over all B rows, so the means are bit-identical to the unblocked code
+    # (row tiles of 4-16) as one product over all B rows, so the means are bit-identical to one unblocked product
     rows = max(_ROW_ALIGN, BLOCK_DRAWS // max(n_draws, n_patients, 1) // _ROW_ALIGN * _ROW_ALIGN)
     for start in range(0, n_resamples, rows):
         b = min(rows, n_resamples - start)
@@ -158,6 +163,22 @@ def cluster_bootstrap_means(
     numerator = np.zeros((n_resamples, sums.shape[1]))
     denominator = np.zeros((n_resamples, sums.shape[1]))
     stratified = np.unique(strata).size > 1
+    # (rows x P) @ (P x K) with few columns is memory-bound: BLAS threads only contend (2-8x the CPU time on a
+    # loaded 2-core machine, docs/performance.md), and one thread makes the last bits independent of the machine
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        _accumulate(sums, counts, strata, stratified, n_resamples, rng, numerator, denominator)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _accumulate(sums: np.ndarray, counts: np.ndarray, strata: np.ndarray, stratified: bool, n_resamples: int, rng: np.random.Generator,
+                numerator: np.ndarray, denominator: np.ndarray) -> None:  # fmt: skip
+    """Add each stratum's resampled sums and counts into ``numerator`` and ``denominator`` (B x K), block by block."""
     for stratum in np.unique(strata):
         idx = np.flatnonzero(strata == stratum)
         s_h, c_h = sums[idx], counts[idx]
@@ -171,8 +192,6 @@ def cluster_bootstrap_means(
             rows = slice(start, start + weights.shape[0])
             numerator[rows] += weights @ s_h
             denominator[rows] += weights @ c_h
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
 
 
 def jackknife_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

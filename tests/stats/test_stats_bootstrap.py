@@ -82,8 +82,10 @@ def unblocked_reference_means(sums: np.ndarray, counts: np.ndarray, n_resamples:
 
 def test_blocked_resamples_are_identical_to_one_unblocked_draw(monkeypatch):
     """Blocks of 64 resamples (forced: BLOCK_DRAWS = 1) draw the same stream as one (B, n) call: the weights are
-    equal and the resampled means are bit-identical to the previous unblocked code for the same seed, with a
-    resample count (1000) that is not a multiple of the block rows."""
+    equal and the resampled means are bit-identical to the previous unblocked code for the same seed (run, like the
+    blocked code, with one BLAS thread), with a resample count (1000) that is not a multiple of the block rows."""
+    from threadpoolctl import threadpool_limits
+
     monkeypatch.setattr("audit.stats.bootstrap.BLOCK_DRAWS", 1)
     rng = np.random.default_rng(7)
     sums, counts = rng.normal(size=(500, 3)), rng.integers(1, 4, size=(500, 3)).astype(float)
@@ -92,4 +94,6 @@ def test_blocked_resamples_are_identical_to_one_unblocked_draw(monkeypatch):
     expected_w = np.stack([np.bincount(row, minlength=37) for row in full]).astype(float)
     np.testing.assert_array_equal(patient_weights(np.random.default_rng(3), 37, 1000), expected_w)
     blocked = cluster_bootstrap_means(sums, counts, n_resamples=1000, rng=np.random.default_rng(11), strata=strata)
-    np.testing.assert_array_equal(blocked, unblocked_reference_means(sums, counts, 1000, np.random.default_rng(11), strata))
+    with threadpool_limits(limits=1, user_api="blas"):
+        reference = unblocked_reference_means(sums, counts, 1000, np.random.default_rng(11), strata)
+    np.testing.assert_array_equal(blocked, reference)
