@@ -103,6 +103,8 @@ def _measure(args: argparse.Namespace) -> dict:
             cpu.append(time.process_time() - c0)
         saved = {"adjusted": out}
         info = {"benchmark": "stats-adjusted", "cases": args.cases, "structures": 1, "fits": int(out["model"].nunique())}
+        if args.statsmodels_check:
+            info["statsmodels_check"] = _statsmodels_check(table, settings, args.statsmodels_check)
     else:
         if args.demo_like:
             n_cases, n_resamples, n_s, n_m = 48, 1_000, 4, 4
@@ -142,6 +144,46 @@ def _measure(args: argparse.Namespace) -> dict:
             "load_avg_1min": round(os.getloadavg()[0], 1), "audit": str(Path(audit.__file__).parents[1])}  # fmt: skip
 
 
+def _statsmodels_check(table: pd.DataFrame, settings: AdjustedModelSettings, how: str) -> list[dict]:
+    """Refit every design the nested solver saw with statsmodels MixedLM (L-BFGS then Powell; ``how``: dense or sparse
+    patient design) and report both REML log-likelihoods, variance ratios and the largest differences."""
+    import warnings
+
+    import statsmodels.formula.api as smf
+
+    import audit.stats.adjusted as adjusted
+
+    seen = []
+    solver = adjusted.fit_nested_reml
+
+    def spy(y, x, sites, patients=None):
+        fit = solver(y, x, sites, patients)
+        seen.append((y, x, sites, patients, fit))
+        return fit
+
+    adjusted.fit_nested_reml = spy
+    try:
+        adjusted.adjusted_effects(table, settings=settings, structures=STRUCTURES[:1], bounded={"dice": True}, level=0.95)
+    finally:
+        adjusted.fit_nested_reml = solver
+    out = []
+    for y, x, sites, patients, fit in seen:
+        names = [f"x{i}" for i in range(x.shape[1])]
+        data = pd.DataFrame(x, columns=names).assign(y=y, site=sites, patient_id=patients)
+        vc = {"patient": "0 + C(patient_id)"} if patients is not None else None
+        model = smf.mixedlm("y ~ 0 + " + " + ".join(names), data, groups=data["site"], re_formula="1", vc_formula=vc, use_sparse=how == "sparse")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = model.fit(reml=True, method=["lbfgs", "powell"])
+        se = ref.bse_fe.to_numpy()
+        out.append({"statsmodels": how, "llf_statsmodels": round(float(ref.llf), 5), "llf_nested": round(float(fit.llf), 5),
+                    "ratios_statsmodels": [round(float(v), 5) for v in np.r_[np.asarray(ref.cov_re).ravel(), np.asarray(ref.vcomp)] / ref.scale],
+                    "ratios_nested": [round(float(v), 5) for v in fit.ratios],
+                    "max_estimate_diff_in_se": float(np.max(np.abs(fit.fe_params - ref.fe_params.to_numpy()) / se)),
+                    "se_ratio_nested_to_statsmodels": [round(float(v), 4) for v in fit.bse_fe / se]})  # fmt: skip
+    return out
+
+
 def _compare(base: Path, current: Path, adjusted: bool) -> dict:
     """How the two versions' saved outputs differ."""
     if adjusted:
@@ -179,6 +221,8 @@ def main() -> None:
     parser.add_argument("--method", choices=("percentile", "bca"), default="percentile")
     parser.add_argument("--demo-like", action="store_true")
     parser.add_argument("--adjusted", action="store_true", help="the adjusted model alone (one structure, linear + logit), at --cases")
+    parser.add_argument("--statsmodels-check", choices=("dense", "sparse"), help="--adjusted without --baseline: also refit each design with "
+                        "statsmodels MixedLM (dense or sparse patient design) and compare")
     parser.add_argument("--compare", action="store_true", help="paired model comparison alone (unstratified patient bootstrap), at --cases")
     parser.add_argument("--gap-test", choices=("auto", "permutation"), default="auto")
     parser.add_argument("--permutations", type=int, default=10_000)
