@@ -33,16 +33,15 @@ from scipy import stats
 from audit.protocol import AdjustedModelSettings
 from audit.records import EVALUABLE_STATUSES
 from audit.stats.identify import (
-    MIN_CLUSTERS,
     SITE_VARIANCE_RATIOS,
     between_site_df,
-    cr2_covariance,
     flat_profile,
     flat_site_variance,
     single_site_indicators,
     site_level_design_columns,
 )
 from audit.stats.nested_lmm import fit_nested_reml, reml_loglik
+from audit.stats.site_ols import site_fixed_effect_ols
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +213,7 @@ def _fit(df: pd.DataFrame, design: pd.DataFrame, groups: str, level: float, *, m
             se = np.asarray(result.bse_fe, dtype=float)
         except (np.linalg.LinAlgError, ValueError) as exc:
             kind = "ols"
-            table, ols_note = _ols(data, design, groups, repeats, exc, level)
+            table, ols_note = site_fixed_effect_ols(data, design, groups, repeats, exc, level)
             fit_notes.append(ols_note)
         messages = _plain_messages(caught)
     if kind == "mixedlm" and fast is not None:
@@ -292,39 +291,6 @@ def _statsmodels_fit(data: pd.DataFrame, formula: str, groups: str, repeats: boo
     result = model.fit(reml=True, method=["lbfgs", "powell"])
     flat, span = flat_site_variance(model, result)
     return result, flat, span
-
-
-def _ols(data: pd.DataFrame, design: pd.DataFrame, groups: str, repeats: bool, reason: Exception, level: float) -> tuple[pd.DataFrame, str]:
-    """OLS with a fixed site effect; HC3 without repeated exams, CR2 by patient with them (none below MIN_CLUSTERS)."""
-    import statsmodels.api as sm
-
-    site_dummies = pd.get_dummies(data[groups].astype(str), prefix="_site", drop_first=True, dtype=float)
-    x = pd.concat([design, site_dummies], axis=1)
-    y = data["_y"].to_numpy(dtype=float)
-    names = list(design.columns)
-    n_clusters = int(data["patient_id"].nunique())
-    if not repeats:
-        result = sm.OLS(y, x).fit(cov_type="HC3", use_t=True)
-        est, se, dof = result.params[names].to_numpy(), result.bse[names].to_numpy(), float(result.df_resid)
-        how = "HC3 standard errors (one exam per patient: nothing to cluster)"
-    else:
-        result = sm.OLS(y, x).fit()
-        est = result.params[names].to_numpy()
-        dof = float(n_clusters - 1)
-        if n_clusters >= MIN_CLUSTERS:
-            cov = cr2_covariance(x.to_numpy(dtype=float), y - result.fittedvalues.to_numpy(), data["patient_id"].to_numpy())
-            se = np.sqrt(np.diag(cov))[: len(names)]
-            how = f"CR2 patient-clustered standard errors, t with {n_clusters - 1} df"
-        else:
-            se = np.full(len(names), np.nan)
-            how = f"no standard errors: {n_clusters} patient clusters are fewer than {MIN_CLUSTERS}"
-    q = stats.t.ppf(0.5 + level / 2.0, dof)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = 2 * stats.t.sf(np.abs(est / se), dof)
-    table = pd.DataFrame({"term": names, "estimate": est, "se": se, "ci_low": est - q * se, "ci_high": est + q * se, "p_value": p,
-                          "df": dof, "unit": "patient", "status": "estimated", "note": how})  # fmt: skip
-    fixed = " with site as a fixed effect" if site_dummies.shape[1] else ""
-    return table, f"mixed model not fitted ({reason}); OLS{fixed} and {how} instead"
 
 
 def _zero_variances(result, groups: str) -> list[str]:
