@@ -60,7 +60,7 @@ def metric_cache_key(
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from audit.ontology import get_label_map
+    >>> from audit.label_maps import get_label_map
     >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "a").write_bytes(b"x"); (d / "b").write_bytes(b"y")
     1
     1

@@ -10,7 +10,7 @@ evaluation, statistics with 1,000 cluster-bootstrap resamples, report). It print
 time of each stage, seconds per case, the extrapolation to 1,005 cases (per-case stages scale linearly; the
 statistics and report are measured once, and their growth with n is taken from benchmarks/bench_stats.py) and
 the peak resident memory of this process and of its worker processes (``ru_maxrss``). On a shared machine the
-wall times depend on the other jobs; the CPU seconds per stage (this process plus finished workers) do not, and
+wall times depend on the other jobs; the CPU seconds per stage (this process plus its live and finished workers) do not, and
 ``target_1005_metrics_stats_report_on_2_cores_s`` = metrics CPU per case x 1,005 / 2 + statistics and report CPU.
 """
 
@@ -101,9 +101,20 @@ def protocol_dict(root: Path, n: int) -> dict:
 
 
 def _cpu() -> float:
-    """CPU seconds of this process and its finished workers (user + system): the time on an idle machine."""
+    """CPU seconds (user + system) of this process, its finished workers and its live workers: the time on an idle machine.
+
+    The executor's process pool lives across stages, so its workers' CPU reaches ``RUSAGE_CHILDREN`` only when the
+    pool closes; the live workers are read through psutil so that each stage is charged its own work.
+    """
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    live = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # exited between the listing and the read: counted in RUSAGE_CHILDREN once reaped
+            continue
+        live += times.user + times.system
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + live
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def validate_execution(settings: ExecutionSettings, *, path: str = "execution") 
     >>> validate_execution(ExecutionSettings(scheduler="tcp://10.0.0.5:8786"))
     []
     >>> validate_execution(ExecutionSettings(scheduler="10.0.0.5"))[0][:60]
-    "execution.scheduler: expected a dask scheduler address such "
+    'execution.scheduler: expected a dask scheduler address such '
     """
     problems = []
     if settings.scheduler is not None and not SCHEDULER_ADDRESS.match(settings.scheduler):

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from audit.ontology import LABEL_MAPS, LabelMap, get_label_map, label_map_from_dict, remap_labels, value_counts
+from audit.label_maps import LABEL_MAPS, get_label_map, label_map_from_dict
+from audit.ontology import LabelMap, remap_labels, value_counts
 from audit.records import CaseFailure
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def resolve_label_map(spec: str | Mapping[Any, Any] | LabelMap, *, name: str = "
     Parameters
     ----------
     spec : str, Mapping or LabelMap
-        A name in :data:`audit.ontology.LABEL_MAPS` (``"cspineseg"``), a mapping ``{1: vertebral_body, ...}``,
+        A name in :data:`audit.label_maps.LABEL_MAPS` (``"cspineseg"``), a mapping ``{1: vertebral_body, ...}``,
         or ``{"values": {...}, "ignore": [...]}``.
     name : str
         Name given to an inline map (the manifest's ``label_map`` column holds it).

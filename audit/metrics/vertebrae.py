@@ -1,7 +1,7 @@
 """Per-vertebra evaluation as the VerSe challenge defines it, with labelling and shape errors kept apart.
 
 Inputs are instance label arrays in **VerSe numbering** (1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6, 28 T13;
-:data:`audit.ontology.VERSE_VERTEBRA_LABELS`); :func:`verse_numbering` converts any known label map to it.
+:data:`audit.label_maps.VERSE_VERTEBRA_LABELS`); :func:`verse_numbering` converts any known label map to it.
 
 Definitions (Sekuboyina et al., VerSe, Medical Image Analysis 2021; reference code github.com/anjany/verse
 ``utils/eval_utilities.py`` ``get_hits``, commit 4d6365fd):
@@ -17,7 +17,7 @@ Definitions (Sekuboyina et al., VerSe, Medical Image Analysis 2021; reference co
   empty-mask policy of :class:`audit.metrics.EmptyPolicy`);
 * **error** of a reference vertebra (one value, exclusive): ``none`` (identified), ``off_by_one`` (the predicted
   centroid nearest to the reference centroid, within 20 mm, carries a label one level away along this patient's
-  spine: :data:`audit.ontology.VERTEBRA_SEQUENCE` with T13 between T12 and L1 only when the reference has a T13,
+  spine: :data:`audit.label_maps.VERTEBRA_SEQUENCE` with T13 between T12 and L1 only when the reference has a T13,
   so T12/L1 are neighbours in a 12-thoracic spine and T12/T13/L1 in a 13-thoracic one; L5/L6 are neighbours),
   ``mislabelled`` (nearest within
   20 mm, two or more steps away), ``mislocalized`` (the same label is predicted but fails the rule above),
@@ -40,18 +40,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from audit.label_maps import VERSE_CODES, VERSE_VERTEBRA_LABELS, VERTEBRA_SEQUENCE, VERTEBRA_VARIANT_VALUES
 from audit.metrics.case import compute_case_metrics, find_objects_any_order, validate_inputs
 from audit.metrics.registry import EmptyPolicy
-from audit.ontology import (
-    LEVEL_VALUES,
-    VERSE_CODES,
-    VERSE_VERTEBRA_LABELS,
-    VERTEBRA_SEQUENCE,
-    VERTEBRA_VARIANT_VALUES,
-    LabelMap,
-    present_values,
-    structure,
-)
+from audit.ontology import LEVEL_VALUES, LabelMap, present_values, structure
 
 logger = logging.getLogger(__name__)
 
@@ -186,12 +178,12 @@ def verse_numbering(array: np.ndarray, label_map: LabelMap, *, present: np.ndarr
     """Translate a label array to VerSe vertebra codes (uint8), dropping every non-vertebra value.
 
     Vertebra levels of ``label_map`` (C1..L6) keep their ontology code, which equals the VerSe code; values that
-    :data:`audit.ontology.VERTEBRA_VARIANT_VALUES` lists for this map (VerSe 28) become T13 = 28; S1/sacrum,
+    :data:`audit.label_maps.VERTEBRA_VARIANT_VALUES` lists for this map (VerSe 28) become T13 = 28; S1/sacrum,
     discs, coarse classes and ignored values become 0. Values the map does not know raise ``ValueError``.
 
     Examples
     --------
-    >>> from audit.ontology import get_label_map
+    >>> from audit.label_maps import get_label_map
     >>> verse_numbering(np.array([0, 27, 31, 25, 5]), get_label_map("totalseg_ct_v2")).tolist()
     [0, 24, 20, 0, 0]
     """
@@ -276,7 +268,7 @@ def evaluate_vertebrae(
     -------
     pandas.DataFrame
         Columns :data:`VERTEBRA_COLUMNS`; one row per vertebra in the reference or the prediction, in
-        :data:`audit.ontology.VERTEBRA_SEQUENCE` order (``order`` is the 1-based position in it). Vertebrae only
+        :data:`audit.label_maps.VERTEBRA_SEQUENCE` order (``order`` is the 1-based position in it). Vertebrae only
         in the prediction have ``error = "false_positive"``.
 
     Raises

@@ -30,6 +30,7 @@ from audit.harmonize.geometry import Volume, file_sha256, resample_to_grid
 from audit.inference.loaders import build_network
 from audit.inference.predict import predict_labels_with_retry, prepare_image, prepare_label
 from audit.inference.spec import model_spec_from_dict
+from audit.models.training import fit_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ def validate(network: torch.nn.Module, cases: list[Any], spec: Any) -> dict[str,
 def train(out_dir: Path, *, n_train: int = 60, n_val: int = 12, steps: int = 300, batch_size: int = 2, seed: int = 0,
           depth: int = 80, lr: float = 5e-3, threads: int = 2) -> dict[str, Any]:
     """Train the CT demo UNet and write ``ct_demo_unet.pt`` and ``ct_demo_unet.json`` into ``out_dir``; return the card."""
-    from monai.losses import DiceCELoss
-
     from audit.synthetic.ct_cohort import ct_training_sources, iter_ct_training_cases
 
     torch.set_num_threads(threads)
@@ -121,21 +120,8 @@ def train(out_dir: Path, *, n_train: int = 60, n_val: int = 12, steps: int = 300
     logger.info("prepared %d training cases from %s in %.1f s", n_train, sources, time.perf_counter() - t0)
     assert spec.network is not None
     network = build_network(spec.network)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    network.train()
-    for step in range(steps):
-        batch = [_pad_crop(rng, *prepared[int(rng.integers(len(prepared)))], depth) for _ in range(batch_size)]
-        x = torch.from_numpy(np.stack([b[0] for b in batch])[:, None].astype(np.float32))
-        y = torch.from_numpy(np.stack([b[1] for b in batch])[:, None].astype(np.int64))
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(x), y)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if step % 25 == 0 or step == steps - 1:
-            logger.info("step %d/%d loss %.4f (%.0f s)", step + 1, steps, float(loss.detach()), time.perf_counter() - t0)
+    fit_segmentation(network, lambda: _pad_crop(rng, *prepared[int(rng.integers(len(prepared)))], depth), steps=steps, batch_size=batch_size, lr=lr,
+                     log_every=25)
     train_seconds = time.perf_counter() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "ct_demo_unet.pt"

@@ -33,6 +33,7 @@ from audit.harmonize.geometry import Volume, file_sha256, resample_to_grid
 from audit.inference.loaders import build_network
 from audit.inference.predict import predict_labels_with_retry, prepare_image, prepare_label
 from audit.inference.spec import model_spec_from_dict
+from audit.models.training import fit_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def _evaluate(network: torch.nn.Module, cases: list[Any], spec: Any) -> dict[str
 def train(out_dir: Path, *, n_train: int = 96, n_val: int = 16, steps: int = 1000, batch_size: int = 4, seed: int = 0,
           crop: tuple[int, int, int] = (16, 64, 64), lr: float = 3e-3, threads: int = 2) -> dict[str, Any]:
     """Train the demo UNet and write ``demo_unet.pt`` and ``demo_unet.json`` into ``out_dir``; return the card."""
-    from monai.losses import DiceCELoss
-
     from audit.synthetic import DEFAULT_SITES, HARD_SITE, iter_training_cases, training_sites
 
     torch.set_num_threads(threads)
@@ -127,21 +126,7 @@ def train(out_dir: Path, *, n_train: int = 96, n_val: int = 16, steps: int = 100
     logger.info("prepared %d training cases from %s in %.1f s", n_train, sites, time.perf_counter() - t0)
     assert spec.network is not None
     network = build_network(spec.network)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    network.train()
-    for step in range(steps):
-        batch = [_crop(rng, *train_cases[int(rng.integers(len(train_cases)))], crop) for _ in range(batch_size)]
-        x = torch.from_numpy(np.stack([b[0] for b in batch])[:, None].astype(np.float32))
-        y = torch.from_numpy(np.stack([b[1] for b in batch])[:, None].astype(np.int64))
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(x), y)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if step % 50 == 0 or step == steps - 1:
-            logger.info("step %d/%d loss %.4f (%.0f s)", step + 1, steps, float(loss.detach()), time.perf_counter() - t0)
+    fit_segmentation(network, lambda: _crop(rng, *train_cases[int(rng.integers(len(train_cases)))], crop), steps=steps, batch_size=batch_size, lr=lr)
     train_seconds = time.perf_counter() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "demo_unet.pt"

@@ -34,7 +34,7 @@ from audit.errors import IncompleteRunError, UserError
 from audit.protocol import canonical_sha256
 from audit.report.redact import redact_paths, redact_strings
 from audit.report.schema import validate_results
-from audit.runfolder import FAILURES, MANIFEST, METRICS, PROTOCOL, REPORT, RESULTS, TABLES
+from audit.runfolder import FAILURES, MANIFEST, METRICS, PROTOCOL, REPORT, RESULTS, TABLES, VERTEBRAE, VERTEBRAE_SUMMARY
 from audit.yamlio import load_yaml
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PATH_COLUMNS",
     "REQUIRED_FILES",
+    "OPTIONAL_FILES",
     "SIGNATURE",
     "MAX_MEMBER_BYTES",
     "MIN_KEY_BYTES",
@@ -55,6 +56,8 @@ __all__ = [
 
 PATH_COLUMNS = ("image_path", "label_path", "prediction_path")
 REQUIRED_FILES = (REPORT, RESULTS, PROTOCOL, METRICS, FAILURES, MANIFEST)
+#: Members added when the run wrote them (the per-vertebra rows and summary of a CT labelling audit).
+OPTIONAL_FILES = (VERTEBRAE, VERTEBRAE_SUMMARY)
 CHECKSUMS = "SHA256SUMS"
 #: Member holding HMAC-SHA256(key, SHA256SUMS) as hex when the package was written with a key.
 SIGNATURE = "SHA256SUMS.hmac-sha256"
@@ -78,7 +81,7 @@ class VerifyResult:
 
 
 #: Text members whose absolute paths are redacted (besides the manifest, rebuilt without path columns).
-REDACTED_TEXT = (METRICS, FAILURES)
+REDACTED_TEXT = (METRICS, FAILURES, VERTEBRAE, VERTEBRAE_SUMMARY)
 #: results.json keys kept verbatim: the protocol (its sha256 must verify) and the run record (provenance).
 VERBATIM_RESULTS_KEYS = ("protocol", "run")
 #: Package metadata member: format version, source run, members changed by redaction.
@@ -174,7 +177,7 @@ def build_package(run_dir: str | Path, out_zip: str | Path | None = None, *, key
     out = Path(out_zip) if out_zip else run_dir / "evidence-package.zip"
     members: dict[str, bytes] = {}
     redacted: list[str] = []
-    for name in REQUIRED_FILES:
+    for name in (*REQUIRED_FILES, *(f for f in OPTIONAL_FILES if (run_dir / f).is_file())):
         members[name], changed = _member(run_dir, name)
         if changed:
             redacted.append(name)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from audit.ontology import VERSE_CODES
+from audit.label_maps import VERSE_CODES
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from audit.evaluate import EvaluationSettings, evaluate_case
-from audit.ontology import COARSE_VALUES, LABEL_MAPS, LEVEL_VALUES, VERTEBRAE, get_label_map, remap_labels
+from audit.label_maps import LABEL_MAPS, get_label_map
+from audit.ontology import COARSE_VALUES, LEVEL_VALUES, VERTEBRAE, remap_labels
 
 TPT_CERVICAL = "tptbox-cervical-mri"
 TPT_LUMBAR = "tptbox-lumbar-ct"

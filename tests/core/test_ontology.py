@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from audit import ontology
-from audit.ontology import COARSE_VALUES, LEVEL_VALUES, get_label_map, remap_labels
+from audit.label_maps import get_label_map, label_map_from_dict
+from audit.ontology import COARSE_VALUES, LEVEL_VALUES, remap_labels
 
 
 def _labels(path) -> np.ndarray:
@@ -91,7 +92,7 @@ def test_unknown_structure_and_map_names_list_allowed_values():
     with pytest.raises(KeyError, match="known"):
         get_label_map("cspine")
     with pytest.raises(KeyError, match="allowed"):
-        ontology.label_map_from_dict("custom", {1: "vertebral-body"})
+        label_map_from_dict("custom", {1: "vertebral-body"})
 
 
 def test_values_of_coarse_name_collects_levels():

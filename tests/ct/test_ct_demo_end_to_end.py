@@ -58,13 +58,29 @@ def test_ct_demo_report_numbers_equal_results_json(ct_demo):
         assert text == span_text_expected(results, attrs), attrs
 
 
+def test_ct_demo_evidence_package_holds_the_per_vertebra_outputs(ct_demo, tmp_path):
+    """`package` adds vertebrae.csv and vertebrae.json (hashed in SHA256SUMS) and `verify` accepts the package."""
+    import zipfile
+
+    zip_path = tmp_path / "evidence.zip"
+    result = CliRunner().invoke(app, ["package", str(ct_demo), "--out", str(zip_path)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    with zipfile.ZipFile(zip_path) as z:
+        names = set(z.namelist())
+        sums = z.read("SHA256SUMS").decode()
+        rows = pd.read_csv(z.open("vertebrae.csv"))
+    assert {"vertebrae.csv", "vertebrae.json"} <= names and "  vertebrae.csv\n" in sums and "  vertebrae.json\n" in sums
+    assert len(rows) == len(pd.read_csv(ct_demo / "vertebrae.csv"))
+    assert CliRunner().invoke(app, ["verify", str(zip_path)]).exit_code == 0
+
+
 def test_label_maps_and_vertebra_settings_reach_worker_processes(tmp_path):
     """map_cases with 2 processes sends LabelMaps (read-only mappings) to the workers: was a pickling error."""
     import numpy as np
 
     from audit.evaluate import EvaluationSettings
     from audit.execution import map_cases
-    from audit.ontology import get_label_map
+    from audit.label_maps import get_label_map
     from audit.protocol import VertebraSettings
     from audit.vertebra_eval import evaluate_case_and_vertebrae
     import nibabel as nib

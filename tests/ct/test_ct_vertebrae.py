@@ -15,7 +15,7 @@ from audit.metrics.vertebrae import (
     vertebra_centroids,
     verse_numbering,
 )
-from audit.ontology import get_label_map
+from audit.label_maps import get_label_map
 
 L1, L2, L3, L4, L5, L6, T11, T12, T13 = 20, 21, 22, 23, 24, 25, 18, 19, 28
 SP = (1.0, 1.0, 1.0)

@@ -15,7 +15,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from audit.ontology import get_label_map, remap_labels
+from audit.label_maps import get_label_map
+from audit.ontology import remap_labels
 from audit.protocol import load_protocol
 from audit.provenance import sha256_table
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from audit.evaluate import EvaluationSettings, evaluate_case, metric_names, structure_values
-from audit.ontology import COARSE_VALUES, LEVEL_VALUES, get_label_map
+from audit.label_maps import get_label_map
+from audit.ontology import COARSE_VALUES, LEVEL_VALUES
 from audit.records import CaseFailure, validate_metric_table
 
 SPACING = (0.5, 0.5, 4.0)

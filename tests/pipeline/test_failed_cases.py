@@ -19,7 +19,8 @@ import yaml
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.ontology import get_label_map, remap_labels
+from audit.label_maps import get_label_map
+from audit.ontology import remap_labels
 
 TPT = "tptbox-cervical-mri"
 IMAGE, LABEL = "sub-mri_label-6_T2w.nii.gz", "sub-mri_seg-subreg_label-6_msk.nii.gz"

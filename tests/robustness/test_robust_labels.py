@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from audit.cli import app
 from audit.evaluate import EvaluationSettings, evaluate_case
 from audit.harmonize.checks import check_case
-from audit.ontology import get_label_map, remap_labels
+from audit.label_maps import get_label_map
+from audit.ontology import remap_labels
 from audit.records import CaseFailure
 from audit.sites import SiteConfigError, load_site_config
 

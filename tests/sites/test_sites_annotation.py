@@ -21,7 +21,8 @@ import yaml
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.ontology import COARSE_VALUES, get_label_map, remap_labels
+from audit.label_maps import get_label_map
+from audit.ontology import COARSE_VALUES, remap_labels
 from audit.sites import SiteConfigError, check_site, load_site_config
 
 STRUCTURES = ("vertebral_body", "intervertebral_disc", "spinal_cord")
