@@ -25,6 +25,16 @@ def site_fixed_effect_ols(data: pd.DataFrame, design: pd.DataFrame, groups: str,
 
     Returns the coefficient table of ``design``'s columns (``data["_y"]`` on them plus site dummies) and a note saying
     why the mixed model was not fitted (``reason``) and which standard errors were used.
+
+    Examples
+    --------
+    >>> data = pd.DataFrame({"_y": [1.0, 2, 3, 4, 5, 7], "site": list("aabbcc"), "patient_id": list("pqrstu")})
+    >>> design = pd.DataFrame({"Intercept": 1.0, "x": [0, 1, 0, 1, 0, 1.0]})
+    >>> table, note = site_fixed_effect_ols(data, design, "site", False, ValueError("a forced failure"), 0.95)
+    >>> round(float(table.loc[1, "estimate"]), 3)  # the mean within-site difference: (1 + 1 + 2) / 3
+    1.333
+    >>> note.split(";")[0]
+    'mixed model not fitted (a forced failure)'
     """
     import statsmodels.api as sm
 
