@@ -135,10 +135,21 @@ def _profile(d: NestedDesign, parts: _Parts) -> tuple[float, np.ndarray, float, 
         raise np.linalg.LinAlgError("the residual quadratic form is not positive: the design reproduces the outcome")
     dof = d.n_obs - p
     loglik = -0.5 * (dof * math.log(2 * math.pi * rss / dof) + dof + parts.logdet + 2 * np.sum(np.log(np.diag(chol))))
+    return loglik, _ratio_gradient(d, parts, beta), beta, rss
+
+
+def _ratio_gradient(d: NestedDesign, parts: _Parts, beta: np.ndarray) -> np.ndarray:
+    """Gradient in the ratios of the REML log-likelihood at fixed ``b`` (scale profiled out).
+
+    ``-1/2 [tr(H^-1 dH) + tr((X'H^-1 X)^-1 d(X'H^-1 X)) + (n - p) d(r'H^-1 r) / r'H^-1 r]``; at ``b``-hat it is the
+    gradient of the profiled log-likelihood as well (the ``b`` derivative vanishes there).
+    """
+    p = d.n_fe
     r = np.r_[-beta, 1.0]
-    grad = np.array([-0.5 * (tr + np.trace(np.linalg.solve(mxx, dmk[:p, :p])) + dof * (r @ dmk @ r) / rss)
+    rho = float(r @ parts.m @ r)
+    mxx = parts.m[:p, :p]
+    return np.array([-0.5 * (tr + np.trace(np.linalg.solve(mxx, dmk[:p, :p])) + (d.n_obs - p) * (r @ dmk @ r) / rho)
                      for dmk, tr in zip(parts.dm, parts.trace)])  # fmt: skip
-    return loglik, grad, beta, rss
 
 
 def reml_loglik(d: NestedDesign, ratios: Sequence[float]) -> float:
@@ -171,17 +182,6 @@ class NestedFit:
     design: NestedDesign
 
 
-def _fixed_point_gradient(d: NestedDesign, ratios: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Gradient in the ratios of the REML log-likelihood at fixed ``b`` (scale profiled), for the Hessian."""
-    parts = _parts(d, ratios)
-    p = d.n_fe
-    r = np.r_[-beta, 1.0]
-    rho = float(r @ parts.m @ r)
-    mxx = parts.m[:p, :p]
-    return np.array([-0.5 * (tr + np.trace(np.linalg.solve(mxx, dmk[:p, :p])) + (d.n_obs - p) * (r @ dmk @ r) / rho)
-                     for dmk, tr in zip(parts.dm, parts.trace)])  # fmt: skip
-
-
 def _hessian(d: NestedDesign, ratios: np.ndarray, beta: np.ndarray, rss: float) -> np.ndarray:
     """Hessian of the REML log-likelihood in ``(b, ratios)`` at the estimate (statsmodels' ``MixedLM.hessian``)."""
     p, k = d.n_fe, ratios.size
@@ -196,7 +196,7 @@ def _hessian(d: NestedDesign, ratios: np.ndarray, beta: np.ndarray, rss: float) 
         up, down = ratios.copy(), ratios.copy()
         up[j] += h
         down[j] -= h
-        hess[p:, p + j] = (_fixed_point_gradient(d, up, beta) - _fixed_point_gradient(d, down, beta)) / (2 * h)
+        hess[p:, p + j] = (_ratio_gradient(d, _parts(d, up), beta) - _ratio_gradient(d, _parts(d, down), beta)) / (2 * h)
     hess[p:, p:] = 0.5 * (hess[p:, p:] + hess[p:, p:].T)
     return hess
 
