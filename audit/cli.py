@@ -291,8 +291,8 @@ def _grading_run(protocol: Path, out: Optional[Path], fail_on_criteria: bool) ->
 
     proto = load_grading_protocol(protocol)
     start = time.perf_counter()
-    table, failures = read_grading_input(proto)
-    _grading_summary(run_grading_table(table, failures, out or _default_run_dir(proto.name), proto.audit), start, fail_on_criteria)
+    table, failures, series = read_grading_input(proto)
+    _grading_summary(run_grading_table(table, failures, out or _default_run_dir(proto.name), proto.audit, series), start, fail_on_criteria)
 
 
 def _grading_demo(run_dir: Path, cases: Optional[int], seed: Optional[int], fail_on_criteria: bool) -> None:

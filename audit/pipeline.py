@@ -389,7 +389,7 @@ def stage_stats(ctx: StageContext) -> None:
         higher_is_better=metric_directions(protocol, names),
         failure_interval=protocol.statistics.failure_interval,
     )
-    table1 = provenance.cohort_table(manifest_banded, ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band"))
+    table1 = provenance.cohort_table(manifest_banded, provenance.TABLE1_AXES)
     document = results_document(
         protocol=protocol, model=folder.read_model(), manifest=manifest, metric_table=metric_table, names=names, results=results,
         table1=table1, failures=failures, started=ctx.started, finished=dt.datetime.now(dt.timezone.utc), command=ctx.command,

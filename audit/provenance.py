@@ -27,6 +27,7 @@ __all__ = [
     "sha256_file",
     "sha256_table",
     "software_versions",
+    "TABLE1_AXES",
     "cohort_table",
     "metadata_completeness",
     "detection_counts",
@@ -61,6 +62,10 @@ def software_versions(packages: Iterable[str] = _PACKAGES) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return {"python": platform.python_version(), "platform": platform.platform(terse=True), "packages": versions}
+
+
+#: The axes of "Table 1" (segmentation and grading reports), in display order.
+TABLE1_AXES: tuple[str, ...] = ("site", "vendor", "field_strength", "sex", "race", "ethnicity", "age_band")
 
 
 def cohort_table(manifest: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:

@@ -59,4 +59,6 @@ def grading_demo(tmp_path_factory):
     ref = grades[grades["reader"] == "reader_1"].drop(columns=probs)
     model = grades[grades["reader"] == "model"][[*key, "grade", *probs]]
     paired = ref.merge(model, on=key, suffixes=("_ref", "_model"))
+    # the age band rule (audit.records.age_bands), written out: [18, 40, 60, 75, 120) left-closed, the last open in its label
+    paired["age_band"] = pd.cut(paired["age_years"], [18, 40, 60, 75, 120], right=False, labels=["18-39", "40-59", "60-74", "75+"]).astype(str)
     return out, doc, grades, paired

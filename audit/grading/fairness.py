@@ -27,7 +27,8 @@ from audit.stats.bootstrap import cluster_bootstrap_means, merge_small_strata, p
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RATES", "GradingCriterion", "group_rates", "fairness_differences", "bootstrap_group_rates", "evaluate_grading_criteria"]
+__all__ = ["RATES", "RateDraws", "GradingCriterion", "group_rates", "fairness_differences", "bootstrap_rate_draws", "summarize_rate_draws",
+           "bootstrap_group_rates", "evaluate_grading_criteria"]
 
 #: rate name -> (numerator count, denominator count) of the per-patient count table.
 RATES: dict[str, tuple[str, str]] = {
@@ -77,18 +78,27 @@ def fairness_differences(rates: pd.DataFrame) -> dict[str, float]:
     return {"demographic_parity_difference": spread("selection_rate"), "equalized_odds_difference": eod}
 
 
-def bootstrap_group_rates(
-    paired: pd.DataFrame, group: str, *, positive_from: int, severe: int, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rates per group and the two fairness differences with patient-cluster percentile intervals.
+@dataclasses.dataclass(frozen=True)
+class RateDraws:
+    """Point estimates and patient-cluster bootstrap draws of every rate of every group of one grouping column.
 
-    Returns
-    -------
-    (pandas.DataFrame, pandas.DataFrame)
-        ``rates``: long, one row per group and rate (``group``, ``rate``, ``estimate``, ``ci_low``, ``ci_high``,
-        ``n_patients``, ``n_levels``); ``differences``: one row per difference (``difference``, ``estimate``,
-        ``ci_low``, ``ci_high``).
+    ``draws`` is (B x groups x rates) in the order of ``point["group"]`` and :data:`RATES`; one set of resamples
+    serves the intervals, the differences between groups and the gap tests (:mod:`audit.grading.gaps`).
     """
+
+    column: str
+    point: pd.DataFrame
+    draws: np.ndarray
+
+    @property
+    def groups(self) -> list[str]:
+        return self.point["group"].tolist()
+
+
+def bootstrap_rate_draws(
+    paired: pd.DataFrame, group: str, *, positive_from: int, severe: int, n_resamples: int = 2000, seed: int = 0
+) -> RateDraws:
+    """Resample patients (all their levels), stratified by ``group`` when it is constant within patients."""
     point = group_rates(paired, group, positive_from=positive_from, severe=severe)
     groups = point["group"].tolist()
     counts = _counts(paired, positive_from, severe)
@@ -108,9 +118,15 @@ def bootstrap_group_rates(
     else:
         logger.info("%s varies within patients: the bootstrap is not stratified by it", group)
     boot = cluster_bootstrap_means(sums, dens, n_resamples=n_resamples, rng=np.random.default_rng(seed), strata=strata)
-    lo, hi = percentile_interval(boot, level)
+    return RateDraws(column=group, point=point, draws=boot.reshape(n_resamples, len(groups), len(RATES)))
+
+
+def summarize_rate_draws(draws: RateDraws, level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rates per group and the two fairness differences with percentile intervals (see :func:`bootstrap_group_rates`)."""
+    point, cube, groups = draws.point, draws.draws, draws.groups
+    n_resamples, k = cube.shape[0], len(RATES)
+    lo, hi = percentile_interval(cube.reshape(n_resamples, -1), level)
     rows = []
-    k = len(RATES)
     for gi, g in enumerate(groups):
         for ri, r in enumerate(RATES):
             col = gi * k + ri
@@ -118,7 +134,6 @@ def bootstrap_group_rates(
             rows.append({"group": g, "rate": r, "estimate": float(rec[r]), "ci_low": float(lo[col]), "ci_high": float(hi[col]),
                          "n_patients": int(rec["n_patients"]), "n_levels": int(rec["n_levels"])})  # fmt: skip
     rates = pd.DataFrame(rows)
-    cube = boot.reshape(n_resamples, len(groups), k)
     names = list(RATES)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples (a group without positives) stay NaN
@@ -128,6 +143,22 @@ def bootstrap_group_rates(
     est = fairness_differences(point)
     differences = pd.DataFrame({"difference": list(est), "estimate": list(est.values()), "ci_low": dlo, "ci_high": dhi})
     return rates, differences
+
+
+def bootstrap_group_rates(
+    paired: pd.DataFrame, group: str, *, positive_from: int, severe: int, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rates per group and the two fairness differences with patient-cluster percentile intervals.
+
+    Returns
+    -------
+    (pandas.DataFrame, pandas.DataFrame)
+        ``rates``: long, one row per group and rate (``group``, ``rate``, ``estimate``, ``ci_low``, ``ci_high``,
+        ``n_patients``, ``n_levels``); ``differences``: one row per difference (``difference``, ``estimate``,
+        ``ci_low``, ``ci_high``).
+    """
+    draws = bootstrap_rate_draws(paired, group, positive_from=positive_from, severe=severe, n_resamples=n_resamples, seed=seed)
+    return summarize_rate_draws(draws, level)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,9 @@ allowed ones; input paths are relative to the protocol file. Example (``protocol
 
     task: grading
     name: stenosis grading, external sites
-    input: {format: long, table: grades.csv}      # or {format: rsna, table: train.csv, predictions: submission.csv}
+    input: {format: long, table: grades.csv}      # or {format: rsna, table: train.csv, predictions: submission.csv,
+                                                  #     series: train_series_descriptions.csv}
+                                                  # optional metadata: meta.csv or {path, columns, site, pseudonymize}
     scale: rsna                                   # or deepspine
     reference: reader_1
     model: model
@@ -13,6 +15,10 @@ allowed ones; input paths are relative to the protocol file. Example (``protocol
     fairness_groups: [vendor, sex]
     bootstrap: {n_resamples: 2000, seed: 0, level: 0.95}
     min_group_size: 10
+    alpha: 0.05                                   # gap tests and TOST (1 - 2 alpha interval)
+    multiplicity: holm                            # or fdr_bh, bonferroni, none (Holm and BH columns are always reported)
+    equivalence_margins: {tpr: 0.1, fpr: 0.1}     # pre-registered TOST margins per rate (none: no TOST)
+    reference_groups: {vendor: GE}                # reference of the gap tests (default: the largest group)
     criteria:
       - {id: severe-sens, description: ..., estimate: severe_sensitivity, group_by: vendor, bound: ci_low, operator: ">=", threshold: 0.8}
 """
@@ -28,9 +34,11 @@ from typing import Any
 import pandas as pd
 
 from audit.errors import ProtocolError
-from audit.grading.fairness import GradingCriterion
+from audit.grading.cohort import attach_metadata, missing_series, read_rsna_series, series_summary
+from audit.grading.fairness import RATES, GradingCriterion
 from audit.grading.runner import GradingAudit
 from audit.grading.tables import DEEPSPINE_SCALE, RSNA_SCALE, read_long_table, read_rsna_submission, read_rsna_train
+from audit.tables_input.spec import MetadataSpec
 from audit.yamlio import load_yaml
 
 logger = logging.getLogger(__name__)
@@ -38,8 +46,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["GradingProtocol", "is_grading_protocol", "load_grading_protocol", "read_grading_input"]
 
 SCALES = {"rsna": RSNA_SCALE, "deepspine": DEEPSPINE_SCALE}
-_KEYS = {"task", "name", "input", "scale", "reference", "model", "breakdowns", "fairness_groups", "bootstrap", "min_group_size", "criteria"}
-_INPUT_KEYS = {"format", "table", "predictions"}
+_KEYS = {"task", "name", "input", "scale", "reference", "model", "breakdowns", "fairness_groups", "bootstrap", "min_group_size", "criteria",
+         "alpha", "multiplicity", "equivalence_margins", "age_bands", "reference_groups"}
+_INPUT_KEYS = {"format", "table", "predictions", "series", "metadata"}
+_METADATA_KEYS = {"path", "columns", "site", "pseudonymize"}
 _BOOTSTRAP_KEYS = {"n_resamples", "seed", "level"}
 MAX_BYTES = 1_000_000
 
@@ -53,6 +63,8 @@ class GradingProtocol:
     table: Path
     predictions: Path | None
     audit: GradingAudit
+    series: Path | None = None
+    metadata: MetadataSpec | None = None
 
 
 def _read(path: Path) -> Any:
@@ -114,6 +126,16 @@ def load_grading_protocol(path: str | Path) -> GradingProtocol:
             criteria.append(GradingCriterion(**dict(crit)))
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"criteria[{i}]: {exc}") from None
+    margins = data.get("equivalence_margins", None)
+    if margins is not None and not (isinstance(margins, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in margins.values())):
+        raise ProtocolError(f"equivalence_margins: expected a mapping of rate to a positive margin, rates in {list(RATES)}; found {margins!r}")
+    references = data.get("reference_groups", {}) or {}
+    if not isinstance(references, Mapping) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in references.values()):
+        raise ProtocolError(f"reference_groups: expected a mapping of fairness grouping to its reference group (e.g. {{vendor: GE}}); found {references!r}")
+    fairness_groups = data.get("fairness_groups", GradingAudit().fairness_groups)
+    stray = sorted(set(map(str, references)) - set(map(str, fairness_groups or ())))
+    if stray:
+        raise ProtocolError(f"reference_groups: {stray} are not fairness_groups {list(fairness_groups or ())}")
     defaults = GradingAudit()
     try:
         audit = GradingAudit(
@@ -122,20 +144,61 @@ def load_grading_protocol(path: str | Path) -> GradingProtocol:
             fairness_groups=tuple(data.get("fairness_groups", defaults.fairness_groups)), criteria=tuple(criteria),
             n_resamples=int(boot.get("n_resamples", defaults.n_resamples)), seed=int(boot.get("seed", defaults.seed)),
             level=float(boot.get("level", defaults.level)), min_group_size=int(data.get("min_group_size", defaults.min_group_size)),
+            alpha=float(data.get("alpha", defaults.alpha)), multiplicity=str(data.get("multiplicity", defaults.multiplicity)),
+            equivalence_margins=tuple((str(k), float(v)) for k, v in margins.items()) if margins is not None else (),
+            age_bands=tuple(float(e) for e in data.get("age_bands", defaults.age_bands)),
+            reference_groups=tuple((str(k), str(v)) for k, v in references.items()),
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"protocol file {str(path)!r}: {exc}") from None
+    edges = audit.age_bands
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ProtocolError(f"age_bands: need at least two strictly increasing edges; found {list(edges)}")
     if not 0 < audit.level < 1 or audit.n_resamples < 100:
         raise ProtocolError(f"bootstrap: level must be in (0, 1) and n_resamples at least 100; found {audit.level} and {audit.n_resamples}")
     base = path.resolve().parent
+    series = inp.get("series")
+    if series is not None and (fmt != "rsna" or not isinstance(series, str)):
+        raise ProtocolError(f"input.series: a train_series_descriptions.csv path, for the RSNA format only; found {series!r} with format {fmt!r}")
     return GradingProtocol(name=str(data.get("name", "grading")), input_format=fmt, table=base / inp["table"],
-                           predictions=base / inp["predictions"] if fmt == "rsna" else None, audit=audit)  # fmt: skip
+                           predictions=base / inp["predictions"] if fmt == "rsna" else None, audit=audit,
+                           series=base / series if series else None, metadata=_metadata_spec(inp.get("metadata"), base))  # fmt: skip
 
 
-def read_grading_input(protocol: GradingProtocol) -> tuple[pd.DataFrame, list]:
-    """The tidy grading table (references and model) and the read failures of a protocol's input files."""
+def _metadata_spec(value: Any, base: Path) -> MetadataSpec | None:
+    """``input.metadata``: a table path, or a mapping ``{path, columns, site, pseudonymize}`` (as ``metric_input.metadata``)."""
+    if value is None:
+        return None
+    value = {"path": value} if isinstance(value, str) else value
+    if not isinstance(value, Mapping) or not isinstance(value.get("path"), str):
+        raise ProtocolError(f"input.metadata: expected a table path or a mapping with keys {sorted(_METADATA_KEYS)} and a path; found {value!r}")
+    _unknown("input.metadata", value, _METADATA_KEYS)
+    columns = value.get("columns", {}) or {}
+    if not isinstance(columns, Mapping):
+        raise ProtocolError(f"input.metadata.columns: expected a mapping of canonical key to table column; found {columns!r}")
+    site = value.get("site")
+    return MetadataSpec(path=base / value["path"], columns={str(k): str(v) for k, v in columns.items()}, site=None if site is None else str(site),
+                        pseudonymize=bool(value.get("pseudonymize", False)))  # fmt: skip
+
+
+def read_grading_input(protocol: GradingProtocol) -> tuple[pd.DataFrame, list, dict[str, Any]]:
+    """The tidy grading table (references and model, with the metadata table's columns), the read failures, and the
+    RSNA series summary (empty without ``input.series``) of a protocol's input files."""
     if protocol.input_format == "long":
-        return read_long_table(protocol.table, scale=protocol.audit.scale)
-    reference, failures = read_rsna_train(protocol.table, reader=protocol.audit.reference)
-    assert protocol.predictions is not None
-    return pd.concat([reference, read_rsna_submission(protocol.predictions, reader=protocol.audit.model)], ignore_index=True), failures
+        table, failures = read_long_table(protocol.table, scale=protocol.audit.scale)
+    else:
+        reference, failures = read_rsna_train(protocol.table, reader=protocol.audit.reference)
+        assert protocol.predictions is not None
+        table = pd.concat([reference, read_rsna_submission(protocol.predictions, reader=protocol.audit.model)], ignore_index=True)
+    if protocol.metadata is not None:
+        table, meta_failures = attach_metadata(table, protocol.metadata, age_bands=protocol.audit.age_bands)
+        failures = [*failures, *meta_failures]
+    series: dict[str, Any] = {}
+    if protocol.series is not None:
+        available, series_failures = read_rsna_series(protocol.series)
+        failures = [*failures, *series_failures]
+        flags = missing_series(table[table["reader"] == protocol.audit.reference], available)
+        if len(flags):
+            logger.warning("%d graded (study, condition) pairs lack the series the condition is graded on (scored; counted in the results)", len(flags))
+        series = series_summary(available, flags)
+    return table, failures, series

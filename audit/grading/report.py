@@ -1,4 +1,4 @@
-"""HTML section of a grading audit: summary, criteria, fairness, agreement, confusion matrices, ROC, calibration.
+"""HTML report of a grading audit: criteria, Table 1, metrics, gap tests and TOST, fairness, reader ceiling, ROC, calibration, confusion.
 
 Rendered from the results document alone (``grading_results.json``), so the report shows exactly the saved
 numbers. Template ``audit/report/templates/grading.html.j2`` (jinja2, autoescape on).
@@ -14,12 +14,23 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from audit.report.figures import MARKERS, OKABE_ITO, to_data_uri
+from audit.report.labels import axis_label
+from audit.stats.groups import INTERSECTION_SEP
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["render_grading_report", "roc_figure", "calibration_figure"]
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("audit.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
+#: Section anchors and titles of the grading report, in order (the segmentation report's order: criteria, Table 1, results).
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("summary", "Acceptance criteria"), ("criteria", "Decisive numbers"), ("cohort", "Table 1"), ("metrics", "Metrics"),
+    ("gaps", "Differences and equivalence"), ("fairness", "Fairness"), ("readers", "Reader ceiling"), ("curves", "ROC and calibration"),
+    ("confusion", "Confusion matrices"),
+)  # fmt: skip
+#: Row labels of the reader-ceiling table.
+CEILING_LABELS = {"model_vs_consensus": "model vs readers' consensus", "reader_reader_mean": "reader vs reader (mean over pairs)",
+                  "model_reader_mean": "model vs reader (mean over readers)", "shortfall": "shortfall (reader-reader minus model-reader)"}  # fmt: skip
 _SUMMARY_METRICS = ("n_levels", "n_patients", "accuracy", "kappa_linear", "kappa_quadratic", "sensitivity_binary", "specificity_binary",
                     "ppv_binary", "npv_binary", "severe_sensitivity", "auroc_binary", "brier_binary", "rsna_weighted_log_loss")  # fmt: skip
 
@@ -85,4 +96,17 @@ def render_grading_report(doc: dict[str, Any]) -> str:
     if doc["curves"]:
         figures["roc"] = roc_figure(doc["curves"], overall.get("auroc_binary"))
         figures["calibration"] = calibration_figure(doc["curves"])
-    return _ENV.get_template("grading.html.j2").render(doc=doc, summary_columns=columns, summary=summary, matrices=_matrices(doc), figures=figures)
+    matrices = _matrices(doc)
+    crossed: dict[str, list[dict[str, Any]]] = {}
+    for m in matrices:
+        if INTERSECTION_SEP in m["breakdown"]:
+            crossed.setdefault(m["breakdown"], []).append(m)
+    table1: dict[str, list[dict[str, Any]]] = {}
+    for row in doc.get("table1", []):
+        table1.setdefault(row["axis"], []).append(row)
+    sections = [(sid, title) for sid, title in SECTIONS if sid != "curves" or figures]
+    return _ENV.get_template("grading.html.j2").render(
+        doc=doc, summary_columns=columns, summary=summary, matrices=matrices, crossed_matrices=list(crossed.items()), figures=figures,
+        sections=sections, descriptions={r["id"]: r["description"] for r in doc["criteria"]["rows"]}, table1=list(table1.items()),
+        axis_label=axis_label, ceiling_labels=CEILING_LABELS,
+    )  # fmt: skip

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,27 @@ import pandas as pd
 
 from audit import __version__
 from audit.fileio import atomic_write_text
+from audit.provenance import TABLE1_AXES, cohort_table
+from audit.records import DEFAULT_AGE_BAND_EDGES, failure_table
+from audit.runfolder import FAILURES, RunFolder
+from audit.stats.gaps import EQUIVALENCE_COLUMNS
+from audit.stats.groups import INTERSECTION_SEP, add_age_band
+from audit.protocol import StatisticsSettings
 from audit.grading import metrics as gm
 from audit.grading.evaluate import confusion_table, metric_table, pair_grades
-from audit.grading.fairness import GradingCriterion, bootstrap_group_rates, evaluate_grading_criteria
-from audit.grading.readers import agreement_summary, pairwise_agreement
+from audit.grading.fairness import RATES, GradingCriterion, bootstrap_rate_draws, evaluate_grading_criteria, summarize_rate_draws
+from audit.grading.gaps import adjust_grading_gaps, pre_specified_pairs, rate_gaps
+from audit.grading.readers import agreement_ceiling, agreement_summary, pairwise_agreement
 from audit.grading.synthetic import GradingCohortSpec, make_grading_cohort
 from audit.grading.tables import RSNA_SCALE, GradeScale, probability_columns, read_long_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GradingAudit", "GradingRun", "DEMO_CRITERIA", "RESULTS_NAME", "REPORT_NAME", "INPUT_NAME", "run_grading", "run_grading_table", "run_grading_demo"]
+__all__ = ["GradingAudit", "GradingRun", "DEMO_CRITERIA", "DEMO_MARGINS", "MULTIPLICITY_METHODS", "GRADING_TABLES", "RESULTS_NAME", "REPORT_NAME",
+           "INPUT_NAME", "compute_grading", "run_grading", "run_grading_table", "run_grading_demo"]  # fmt: skip
 
+#: Tables written to ``tables/grading_<name>.csv`` (machine-readable, beside the results document).
+GRADING_TABLES: tuple[str, ...] = ("metrics", "confusion", "table1", "gaps", "equivalence", "ceiling")
 RESULTS_NAME = "grading_results.json"
 REPORT_NAME = "grading_report.html"
 INPUT_NAME = "grades.csv"
@@ -44,6 +55,12 @@ DEMO_CRITERIA: tuple[GradingCriterion, ...] = (
 )  # fmt: skip
 
 
+#: The demo's pre-registered equivalence margins of the rate differences versus the reference group.
+DEMO_MARGINS: tuple[tuple[str, float], ...] = (("tpr", 0.1), ("fpr", 0.1), ("severe_sensitivity", 0.15))
+#: Multiplicity methods of :func:`audit.stats.gaps.adjust_pvalues`: those of ``statistics.multiplicity`` of segmentation protocols.
+MULTIPLICITY_METHODS: tuple[str, ...] = typing.get_args(typing.get_type_hints(StatisticsSettings)["multiplicity"])
+
+
 @dataclasses.dataclass(frozen=True)
 class GradingAudit:
     """What a grading audit computes: the scale, who is the reference, the breakdowns, groups and criteria."""
@@ -51,7 +68,7 @@ class GradingAudit:
     scale: GradeScale = RSNA_SCALE
     reference: str = "reader_1"
     model: str = "model"
-    breakdowns: tuple[str, ...] = ("level", "condition", "site", "vendor", "sex")
+    breakdowns: tuple[str, ...] = ("level", "condition", "site", "vendor", "sex", "age_band")
     fairness_groups: tuple[str, ...] = ("vendor", "sex")
     criteria: tuple[GradingCriterion, ...] = DEMO_CRITERIA
     n_resamples: int = 2000
@@ -59,6 +76,20 @@ class GradingAudit:
     level: float = 0.95
     min_group_size: int = 10
     calibration_bins: int = 10
+    alpha: float = 0.05
+    age_bands: tuple[float, ...] = DEFAULT_AGE_BAND_EDGES
+    multiplicity: str = "holm"  # holm, fdr_bh, bonferroni or none (audit.stats.gaps.adjust_pvalues)
+    equivalence_margins: tuple[tuple[str, float], ...] = DEMO_MARGINS  # (rate, margin) pairs, pre-registered
+    reference_groups: tuple[tuple[str, str], ...] = ()  # (fairness grouping, reference group); default the largest group
+
+    def __post_init__(self) -> None:
+        if self.multiplicity not in MULTIPLICITY_METHODS:
+            raise ValueError(f"multiplicity: allowed values are {list(MULTIPLICITY_METHODS)}; found {self.multiplicity!r}")
+        unknown = [r for r, _ in self.equivalence_margins if r not in RATES]
+        if unknown:
+            raise ValueError(f"equivalence_margins: allowed rates are {list(RATES)}; found {unknown}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha: must be in (0, 0.5); found {self.alpha}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,16 +128,27 @@ def _curves(yb: np.ndarray, score: np.ndarray, n_bins: int) -> dict[str, Any]:
 def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
     """Every number of the grading report from a tidy grading table (see :mod:`audit.grading.tables`)."""
     scale = audit.scale
+    if "age_years" in table.columns and "age_band" not in table.columns:
+        table = add_age_band(table, audit.age_bands)
     paired, failures = pair_grades(table, scale, reference=audit.reference, model=audit.model)
+    cases = paired.drop_duplicates("case_id")
+    # confusion matrices per level and fairness group ("L4-L5 x GE"), beside those per breakdown
+    crossed_names = [f"level{INTERSECTION_SEP}{g}" for g in audit.fairness_groups if g in paired.columns and "level" in paired.columns]
+    crossed = paired.assign(**{n: paired["level"].astype(str) + INTERSECTION_SEP + paired[n.split(INTERSECTION_SEP)[1]].astype(str) for n in crossed_names})
+    table1 = cohort_table(cases, [a for a in TABLE1_AXES if a in cases.columns])
     breakdowns = [b for b in audit.breakdowns if b in paired.columns]
-    rates, differences = {}, {}
+    rates, differences, gaps, equivalence = {}, {}, [], []
+    pre_specified = pre_specified_pairs(audit.criteria)
     absent = [g for g in audit.fairness_groups if g not in paired.columns]
     if absent:
         logger.warning("fairness groups %s are not columns of the graded table; criteria on them are inconclusive", absent)
     for group in (g for g in audit.fairness_groups if g in paired.columns):
-        rates[group], differences[group] = bootstrap_group_rates(
-            paired, group, positive_from=scale.positive_from, severe=scale.severe, n_resamples=audit.n_resamples, seed=audit.seed, level=audit.level
-        )
+        draws = bootstrap_rate_draws(paired, group, positive_from=scale.positive_from, severe=scale.severe, n_resamples=audit.n_resamples, seed=audit.seed)
+        rates[group], differences[group] = summarize_rate_draws(draws, audit.level)
+        gap, eq = rate_gaps(draws, level=audit.level, alpha=audit.alpha, min_group_size=audit.min_group_size,
+                            margins=dict(audit.equivalence_margins), reference=dict(audit.reference_groups).get(group), pre_specified=pre_specified)  # fmt: skip
+        gaps.append(gap)
+        equivalence.append(eq)
     crit_rows, status = evaluate_grading_criteria(list(audit.criteria), rates, differences, min_group_size=audit.min_group_size)
     pairs = pairwise_agreement(table, n_grades=scale.n_grades, model=audit.model)
     probs = probability_columns(scale)
@@ -125,9 +167,13 @@ def compute_grading(table: pd.DataFrame, audit: GradingAudit) -> dict[str, Any]:
             spinal = paired[paired["condition"] == "spinal_canal_stenosis"]
             rsna = {"per_condition": per_condition, "any_severe_spinal": gm.any_severe_log_loss(spinal, severe=scale.severe) if len(spinal) else float("nan")}
     return {
-        "paired": paired, "failures": failures, "metrics": metric_table(paired, scale, breakdowns), "confusion": confusion_table(paired, scale, breakdowns),
+        "paired": paired, "failures": failures, "metrics": metric_table(paired, scale, breakdowns),
+        "confusion": confusion_table(crossed, scale, [*breakdowns, *crossed_names]),
         "rates": rates, "differences": differences, "criteria": crit_rows, "criteria_status": status, "agreement": pairs,
         "agreement_summary": agreement_summary(pairs), "curves": curves, "rsna": rsna,
+        "table1": table1, "gaps": adjust_grading_gaps(gaps, method=audit.multiplicity, alpha=audit.alpha),
+        "equivalence": pd.concat([e for e in equivalence if len(e)], ignore_index=True) if any(len(e) for e in equivalence) else pd.DataFrame(columns=list(EQUIVALENCE_COLUMNS)),
+        "ceiling": agreement_ceiling(table, n_grades=scale.n_grades, model=audit.model, n_resamples=audit.n_resamples, seed=audit.seed, level=audit.level),
     }  # fmt: skip
 
 
@@ -143,9 +189,15 @@ def results_json(computed: dict[str, Any], audit: GradingAudit, input_failures: 
         "failures": {"count": len(failures), "by_type": dict(collections.Counter(f.error_type for f in failures)), "by_site": dict(collections.Counter(f.site for f in failures))},
         "bootstrap": {"n_resamples": audit.n_resamples, "seed": audit.seed, "level": audit.level, "cluster": "patient_id", "interval": "percentile",
                       "strata": "the fairness group when it is constant within patients"},
+        "table1": _records(computed["table1"]), "age_bands": list(audit.age_bands),
         "metrics": _records(computed["metrics"]), "confusion": _records(computed["confusion"]),
         "fairness": {g: {"rates": _records(computed["rates"][g]), "differences": _records(computed["differences"][g])} for g in computed["rates"]},
-        "agreement": {"pairs": _records(computed["agreement"]), "summary": computed["agreement_summary"]},
+        "agreement": {"pairs": _records(computed["agreement"]), "summary": computed["agreement_summary"], "ceiling": _records(computed["ceiling"]),
+                      "consensus": "median of the readers' grades (lower middle grade for an even number of readers)"},
+        "gaps": {"rows": _records(computed["gaps"]), "test": "two-sided Wald z on the patient-cluster bootstrap SE of the difference versus the reference group",
+                 "multiplicity": audit.multiplicity, "alpha": audit.alpha, "families": "criteria-named (grouping, rate) pairs pre-specified, the rest exploratory"},
+        "equivalence": {"rows": _records(computed["equivalence"]), "margins": dict(audit.equivalence_margins),
+                        "rule": f"{round(100 * (1 - 2 * audit.alpha))}% percentile interval inside (-margin, margin); p_tost: z-TOST on the bootstrap SE"},
         "curves": computed["curves"], "rsna": computed["rsna"],
         "criteria": {"rows": _records(computed["criteria"]), "status": computed["criteria_status"]},
     })  # fmt: skip
@@ -157,15 +209,23 @@ def run_grading(source: Path | pd.DataFrame, run_dir: Path, audit: GradingAudit 
     return run_grading_table(table, input_failures, run_dir, audit)
 
 
-def run_grading_table(table: pd.DataFrame, input_failures: list, run_dir: Path, audit: GradingAudit) -> GradingRun:
-    """Compute everything from a tidy grading table and its read failures; write the results JSON and the report."""
+def run_grading_table(table: pd.DataFrame, input_failures: list, run_dir: Path, audit: GradingAudit, series: dict[str, Any] | None = None) -> GradingRun:
+    """Compute everything from a tidy grading table and its read failures; write the results JSON and the report.
+
+    ``series`` is the RSNA series summary of :func:`audit.grading.cohort.series_summary` (saved as it is).
+    """
     from audit.grading.report import render_grading_report
 
     computed = compute_grading(table, audit)
     doc = results_json(computed, audit, input_failures)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results_path = atomic_write_text(run_dir / RESULTS_NAME, json.dumps(doc, indent=1, allow_nan=False))
-    report_path = atomic_write_text(run_dir / REPORT_NAME, render_grading_report(doc))
+    doc["series"] = _clean(series or {})
+    html = render_grading_report(doc)
+    folder = RunFolder(run_dir)
+    with folder.lock():  # one writer per folder; every file written atomically
+        results_path = atomic_write_text(folder.path(RESULTS_NAME), json.dumps(doc, indent=1, allow_nan=False))
+        report_path = atomic_write_text(folder.path(REPORT_NAME), html)
+        folder.write_csv(FAILURES, failure_table([*input_failures, *computed["failures"]]))
+        folder.write_tables({f"grading_{name}": computed[name] for name in GRADING_TABLES})
     logger.info("grading results in %s", results_path)
     return GradingRun(run_dir=run_dir, results_path=results_path, report_path=report_path, n_levels=doc["counts"]["n_levels"],
                       n_failed=doc["failures"]["count"], acceptance=tuple(computed["criteria_status"].items()))  # fmt: skip

@@ -15,7 +15,7 @@ from audit.stats.permutation import permutation_omnibus, permutation_two_group
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["wilson_interval", "clopper_pearson_interval", "proportion_interval", "PROPORTION_INTERVALS", "welch_tost", "minimum_detectable_difference", "two_group_test", "omnibus_test", "DISTANCE_METRICS", "GAP_TESTS", "test_for_metric"]
+__all__ = ["wilson_interval", "clopper_pearson_interval", "proportion_interval", "PROPORTION_INTERVALS", "welch_tost", "tost_pvalue", "minimum_detectable_difference", "two_group_test", "omnibus_test", "DISTANCE_METRICS", "GAP_TESTS", "test_for_metric"]
 
 #: Metrics whose case distributions are skewed (distances, volume errors): rank-based tests.
 DISTANCE_METRICS = ("hd95", "hd", "assd", "abs_volume_error_ml", "rel_volume_error")
@@ -86,10 +86,27 @@ def welch_tost(x: np.ndarray, y: np.ndarray, margin: float) -> float:
     if x.size < 2 or y.size < 2:
         return math.nan
     diff, se, df = _welch(x, y)
+    return tost_pvalue(diff, se, margin, df=df)
+
+
+def tost_pvalue(difference: float, se: float, margin: float, *, df: float = math.inf) -> float:
+    """p-value of the two one-sided tests of ``|difference| < margin`` from an estimate and its standard error.
+
+    The larger of ``P(T >= (d + margin) / se)`` (H0: d <= -margin) and ``P(T <= (d - margin) / se)`` (H0: d >= margin),
+    T Student with ``df`` degrees of freedom (``inf``: standard normal, a z-TOST on a bootstrap standard error).
+
+    Examples
+    --------
+    >>> round(tost_pvalue(0.01, 0.02, 0.05), 4)  # max(P(Z >= 3), P(Z <= -2))
+    0.0228
+    """
+    if not (np.isfinite(difference) and np.isfinite(se)):
+        return math.nan
     if se == 0:
-        return 0.0 if abs(diff) < margin else 1.0
-    p_lower = stats.t.sf((diff + margin) / se, df)  # H0: diff <= -margin
-    p_upper = stats.t.cdf((diff - margin) / se, df)  # H0: diff >= +margin
+        return 0.0 if abs(difference) < margin else 1.0
+    dist = stats.norm if math.isinf(df) else stats.t(df)
+    p_lower = dist.sf((difference + margin) / se)  # H0: diff <= -margin
+    p_upper = dist.cdf((difference - margin) / se)  # H0: diff >= +margin
     return float(max(p_lower, p_upper))
 
 

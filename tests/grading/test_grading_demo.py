@@ -15,7 +15,10 @@ from sklearn import metrics as skm
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.grading.runner import REPORT_NAME, GradingAudit, run_grading
+from audit.fileio import LockedError
+from audit.grading.runner import GRADING_TABLES, REPORT_NAME, GradingAudit, run_grading, run_grading_table
+from audit.grading.tables import read_long_table
+from audit.runfolder import FAILURES, LOCK, RunFolder
 from audit.grading.synthetic import SITES, UNDERCALL_SITE
 
 TOL = 1e-9
@@ -44,13 +47,16 @@ def sklearn_metrics(sub: pd.DataFrame) -> dict[str, float]:
 def groups(paired: pd.DataFrame, breakdown: str):
     if breakdown == "all":
         return [("all", paired)]
+    if " x " in breakdown:  # a crossing such as "level x vendor": groups named "L4-L5 x GE"
+        a, b = breakdown.split(" x ")
+        return [(f"{ga} x {gb}", sub) for (ga, gb), sub in paired.groupby([a, b])]
     return [(str(g), sub) for g, sub in paired.groupby(breakdown)]
 
 
 def test_every_metric_is_recomputed_by_sklearn(grading_demo):
     _, doc, _, paired = grading_demo
     reported = pd.DataFrame(doc["metrics"])
-    assert set(reported["breakdown"]) == {"all", "level", "condition", "site", "vendor", "sex"}
+    assert set(reported["breakdown"]) == {"all", "level", "condition", "site", "vendor", "sex", "age_band"}
     for breakdown in reported["breakdown"].unique():
         for group, sub in groups(paired, breakdown):
             expected = sklearn_metrics(sub)
@@ -161,3 +167,17 @@ def test_cli_rejects_unknown_task_and_few_cases(tmp_path):
     assert res.exit_code == 2 and "--task: allowed values are ['segmentation', 'grading']; found 'classification'" in res.output
     res = CliRunner().invoke(app, ["demo", "--task", "grading", "--cases", "4", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--cases: must be at least 8" in res.output
+
+
+def test_grading_run_folder_tables_failures_and_lock(grading_demo, tmp_path):
+    out, doc, _, _ = grading_demo
+    for name in GRADING_TABLES:
+        assert (out / "tables" / f"grading_{name}.csv").is_file(), name
+    gaps = pd.read_csv(out / "tables" / "grading_gaps.csv")
+    assert len(gaps) == len(doc["gaps"]["rows"]) and pd.read_csv(out / FAILURES).empty and not (out / LOCK).exists()
+    # a folder locked by a live process is refused, and nothing is written into it
+    table, failures = read_long_table(out / "grades.csv")
+    with RunFolder(tmp_path / "run").lock():
+        with pytest.raises(LockedError):
+            run_grading_table(table, failures, tmp_path / "run", GradingAudit(n_resamples=200))
+    assert not (tmp_path / "run").exists()

@@ -57,8 +57,13 @@ def test_rsna_protocol_runs(tmp_path):
         ("task: grading\ninput: {format: rsna, table: t.csv}\n", r"input.predictions: the RSNA format needs"),
         ("task: grading\ninput: {table: g.csv}\nscale: who\n", r"scale: allowed values are \['deepspine', 'rsna'\]; found 'who'"),
         ("task: grading\ninput: {table: g.csv}\ncriteria: [{id: a, description: d, estimate: dice, group_by: vendor}]\n", r"criteria\[0\]: estimate: allowed values"),
+        ("task: grading\ninput: {table: g.csv}\nmultiplicity: sidak\n", r"multiplicity: allowed values are \['holm', 'fdr_bh', 'bonferroni', 'none'\]; found 'sidak'"),
+        ("task: grading\ninput: {table: g.csv}\nequivalence_margins: {tpr: -1}\n", r"equivalence_margins: expected a mapping of rate to a positive margin"),
+        ("task: grading\ninput: {table: g.csv}\nequivalence_margins: {dice: 0.1}\n", r"equivalence_margins: allowed rates are \['selection_rate', 'tpr', 'fpr', 'severe_sensitivity'\]; found \['dice'\]"),
+        ("task: grading\ninput: {table: g.csv}\nage_bands: [40, 18]\n", r"age_bands: need at least two strictly increasing edges; found \[40.0, 18.0\]"),
+        ("task: grading\ninput: {table: g.csv}\nreference_groups: {site: site-A}\n", r"reference_groups: \['site'\] are not fairness_groups \['vendor', 'sex'\]"),
     ],
-    ids=["unknown-key", "format", "rsna-predictions", "scale", "criterion"],
+    ids=["unknown-key", "format", "rsna-predictions", "scale", "criterion", "multiplicity", "margin-value", "margin-rate", "age-bands", "reference-axis"],
 )
 def test_protocol_errors_name_the_key(tmp_path, text, message):
     (tmp_path / "g.yaml").write_text(text)
@@ -66,3 +71,16 @@ def test_protocol_errors_name_the_key(tmp_path, text, message):
         load_grading_protocol(tmp_path / "g.yaml")
     res = CliRunner().invoke(app, ["run", str(tmp_path / "g.yaml")])
     assert res.exit_code == 2 and "Error:" in res.output
+
+
+def test_protocol_reference_group_sets_the_gap_reference(grading_demo, tmp_path):
+    out, demo_doc, _, _ = grading_demo
+    shutil.copy(out / INPUT_NAME, tmp_path / "grades.csv")
+    (tmp_path / "grading.yaml").write_text(LONG_PROTOCOL + "reference_groups: {vendor: Philips}\n")
+    proto = load_grading_protocol(tmp_path / "grading.yaml")
+    assert dict(proto.audit.reference_groups) == {"vendor": "Philips"}
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "grading.yaml"), "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    gaps = json.loads((tmp_path / "run" / RESULTS_NAME).read_text())["gaps"]["rows"]
+    assert {g["reference"] for g in gaps if g["axis"] == "vendor"} == {"Philips"} and {g["group"] for g in gaps if g["axis"] == "vendor"} == {"Canon", "GE", "Siemens"}
+    assert {g["reference"] for g in gaps if g["axis"] == "sex"} == {g["reference"] for g in demo_doc["gaps"]["rows"] if g["axis"] == "sex"}
