@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from audit.cli import demo_protocol_path
-from audit.pipeline import StageContext, run_audit, stage_checks
+from audit.pipeline import run_audit
+from audit.stages import StageContext, stage_checks
 from audit.protocol import load_protocol
 from audit.runfolder import RunFolder
 
