@@ -19,13 +19,9 @@ import datetime
 import hashlib
 import json
 import logging
-import math
-import reprlib
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -35,6 +31,7 @@ from audit.errors import ProtocolError
 from audit.execution.settings import ExecutionSettings, validate_execution
 from audit.protocol_checks import check_names, validate_against_manifest, validate_inputs
 from audit.records import DEFAULT_AGE_BAND_EDGES
+from audit.typed_config import build_dataclass, to_plain
 from audit.yamlio import load_yaml
 
 logger = logging.getLogger(__name__)
@@ -222,116 +219,6 @@ class Protocol:
 
 #: Largest protocol file read (a protocol is a few kilobytes).
 MAX_PROTOCOL_BYTES = 1 << 20
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 5, 5, 5, 40, 40
-
-
-def _show(value: Any) -> str:
-    """A bounded repr of a value found in a protocol (a hostile value can be huge)."""
-    return _REPR.repr(value)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if value not in args:
-            raise ProtocolError(f"{path}: allowed values are {list(args)}; found {_show(value)}")
-        return value
-    if origin in (Union, types.UnionType):
-        errors = []
-        for option in args:
-            try:
-                return _convert(value, option, path)
-            except ProtocolError as exc:
-                errors.append(str(exc))
-        raise ProtocolError(f"{path}: expected {_type_name(tp)}; found {_show(value)}")
-    if tp is type(None):
-        if value is not None:
-            raise ProtocolError(f"{path}: expected null; found {_show(value)}")
-        return None
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{path}: expected true or false; found {_show(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ProtocolError(f"{path}: expected an integer; found {_show(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProtocolError(f"{path}: expected a number; found {_show(value)}")
-        if not math.isfinite(value):
-            raise ProtocolError(f"{path}: expected a finite number; found {_show(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ProtocolError(f"{path}: expected a string; found {_show(value)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ProtocolError(f"{path}: expected a list; found {_show(value)}")
-        item_tp = args[0]
-        return tuple(_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict):
-        if not isinstance(value, Mapping):
-            raise ProtocolError(f"{path}: expected a mapping; found {_show(value)}")
-        key_tp, val_tp = args
-        return types.MappingProxyType(
-            {_convert(k, key_tp, f"{path}"): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
-        )
-    raise TypeError(f"protocol schema: unsupported annotation {tp!r} at {path}")  # pragma: no cover
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    where = path or "protocol"
-    if not isinstance(data, Mapping):
-        raise ProtocolError(f"{where}: expected a mapping; found {_show(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        prefix = f"{path}." if path else ""
-        raise ProtocolError(f"{prefix}{unknown[0]}: unknown key; allowed keys at {where} are {sorted(fields)}")
-    kwargs = {}
-    for name, field in fields.items():
-        sub = f"{path}.{name}" if path else name
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], sub)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ProtocolError(f"{sub}: required key is missing")
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:  # a settings class that validates its own values names the field
-        raise ProtocolError(f"{path}.{exc}" if path else str(exc)) from None
-
-
-def _plain(value: Any) -> Any:
-    """Turn dataclasses, mapping proxies and tuples into JSON-ready data."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "base_dir"}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,7 +328,7 @@ def protocol_from_dict(data: Mapping[str, Any], *, base_dir: str | Path = ".") -
         For unknown keys, wrong types, disallowed values or inconsistent settings; the message names the
         field path, the allowed values and the value found.
     """
-    protocol = _build(Protocol, data, "")
+    protocol = build_dataclass(Protocol, data, "", error=ProtocolError, root="protocol")
     protocol = dataclasses.replace(protocol, base_dir=str(Path(base_dir)))
     _check_semantics(protocol)
     return protocol
@@ -468,7 +355,7 @@ def load_protocol(path: str | Path) -> Protocol:
 
 def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
     """The canonical plain form: every default filled in, ready for JSON."""
-    return _plain(protocol)
+    return to_plain(protocol)
 
 
 #: Sections that decide where the audit runs, not what it computes: left out of the sha256.

@@ -64,7 +64,10 @@ _METRICS = textwrap.dedent(
     from audit.execution import map_cases
     from audit.inference import load_model, model_spec_from_dict
     from audit.metrics import EmptyPolicy
-    from audit.pipeline import resolve_sites
+    try:
+        from audit.sites import resolve_sites
+    except ImportError:  # older checkouts (a --baseline): in audit.pipeline
+        from audit.pipeline import resolve_sites
     from audit.protocol import load_protocol
     from audit.cli import demo_protocol_path
     run = Path(sys.argv[1])

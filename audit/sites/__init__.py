@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from audit.sites.base import Adapter, PathOutsideRootError, RawCase, SiteDataError, adapter_names, get_adapter, path_in_root, register_adapter
 from audit.sites.check import SiteCheckReport, check_site
-from audit.sites.config import SiteConfig, SiteConfigError, load_site_config
+from audit.sites.config import SiteConfig, SiteConfigError, load_site_config, resolve_sites
 from audit.sites.manifest import MANIFEST_EXTRA_COLUMNS, build_manifest, iter_site, metadata_warning_table
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "get_adapter",
     "iter_site",
     "load_site_config",
+    "resolve_sites",
     "metadata_warning_table",
     "path_in_root",
     "register_adapter",

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -20,9 +20,12 @@ from audit.ontology import LabelMap, is_annotated, structure
 from audit.sites.base import COMMON_OPTIONS, SYMLINK_POLICIES, check_relative_pattern, get_adapter
 from audit.yamlio import load_yaml
 
+if TYPE_CHECKING:
+    from audit.protocol import Protocol
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["SiteConfig", "SiteConfigError", "load_site_config"]
+__all__ = ["SiteConfig", "SiteConfigError", "load_site_config", "resolve_sites"]
 
 _TOP_KEYS = ("name", "format", "root", "label_map", "annotates", "options", "defaults")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -228,3 +231,24 @@ def _annotates(raw: Any, label_map: LabelMap, where: str) -> tuple[str, ...] | N
     if len(set(raw)) != len(raw):
         raise SiteConfigError(f"{where}.annotates: structure names must be unique; found {list(raw)}")
     return tuple(raw)
+
+
+def resolve_sites(protocol: Protocol, cohort_dir: Path | None) -> list[SiteConfig]:
+    """Site configs of the protocol (inline or by path), or every generated site of the synthetic cohort.
+
+    A path entry may use environment variables and ``{cohort}`` (the synthetic cohort folder); relative paths and
+    inline roots resolve against the protocol's folder.
+    """
+    base = Path(protocol.base_dir)
+    if not protocol.sites:
+        if cohort_dir is None:
+            raise ValueError("sites: the protocol lists no sites and has no synthetic_cohort section")
+        return [load_site_config(p, cohort_dir=cohort_dir) for p in sorted((cohort_dir / "sites").glob("*.yaml"))]
+    configs = []
+    for entry in protocol.sites:
+        if "config" in entry:
+            path = Path(os.path.expandvars(str(entry["config"])).replace("{cohort}", str(cohort_dir or "")))
+            configs.append(load_site_config(path if path.is_absolute() else base / path, cohort_dir=cohort_dir))
+        else:
+            configs.append(load_site_config(dict(entry), base_dir=base, cohort_dir=cohort_dir))
+    return configs

@@ -1,7 +1,9 @@
 """Adjusted analysis: a mixed model of a case-level metric on several factors at once.
 
 ``value ~ vendor + field_strength + age_years + sex + race`` with a random intercept per site and, where
-patients have repeated exams, a patient variance component nested in site (statsmodels MixedLM, REML).
+patients have repeated exams, a patient variance component nested in site (REML). The fit is the dedicated
+nested REML solver (:mod:`audit.stats.nested_lmm`, O(n) per likelihood evaluation; equal to statsmodels MixedLM
+within the tolerances its tests state); statsmodels MixedLM fits when that solver does not converge.
 Categorical factors use the largest level as reference; ``Unknown`` is kept as a level of its own. For
 bounded metrics (Dice, IoU, NSD) a second fit on the logit scale is reported, for other (skewed) metrics a
 rank-based fit on rank-inverse-normal scores.
@@ -31,13 +33,15 @@ from scipy import stats
 from audit.protocol import AdjustedModelSettings
 from audit.records import EVALUABLE_STATUSES
 from audit.stats.identify import (
-    MIN_CLUSTERS,
+    SITE_VARIANCE_RATIOS,
     between_site_df,
-    cr2_covariance,
+    flat_profile,
     flat_site_variance,
     single_site_indicators,
     site_level_design_columns,
 )
+from audit.stats.nested_lmm import fit_nested_reml, reml_loglik
+from audit.stats.site_ols import site_fixed_effect_ols
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +121,10 @@ _PLAIN = {
     "ConvergenceWarning": "the fit did not fully converge: treat these estimates with caution",
     "HessianInversionWarning": "the information matrix could not be inverted: standard errors may be unreliable",
 }
+_BOUNDARY_NOTE = "a variance component is estimated at its boundary (0)"
+_SINGULAR_NOTE = "a variance estimate sits at the edge of its range (singular covariance): standard errors may be unreliable"
+#: statsmodels' rule for its boundary warning: a variance (outcome scale, not relative) below this
+_SM_BOUNDARY = 0.01
 
 
 def _plain_messages(caught: Sequence[warnings.WarningMessage]) -> list[str]:
@@ -126,9 +134,9 @@ def _plain_messages(caught: Sequence[warnings.WarningMessage]) -> list[str]:
         name = type(w.message).__name__
         text = str(w.message)
         if "boundary" in text:
-            out.append("a variance component is estimated at its boundary (0)")
+            out.append(_BOUNDARY_NOTE)
         elif "not positive definite" in text or "singular" in text.lower():
-            out.append("a variance estimate sits at the edge of its range (singular covariance): standard errors may be unreliable")
+            out.append(_SINGULAR_NOTE)
         elif name in _PLAIN:
             out.append(_PLAIN[name])
         elif name != "RuntimeWarning":
@@ -190,26 +198,26 @@ def _fit(df: pd.DataFrame, design: pd.DataFrame, groups: str, level: float, *, m
     formula = "_y ~ 0 + " + " + ".join(safe.values())
     fit_notes: list[str] = []
     kind = "mixedlm"
+    fast = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             if not mixed:
                 raise np.linalg.LinAlgError(f"only {n_groups} {groups}(s): a random {groups} intercept cannot be estimated")
-            vc = {"patient": "0 + C(patient_id)"} if repeats else None
-            # re_formula="1" keeps the random site intercept: statsmodels drops it when vc_formula is given
-            # alone. A sparse patient design gives identical estimates; it is 2-3x faster with hundreds of
-            # patients per site and slower (overhead) with few.
-            sparse = bool(repeats and df.groupby(groups)["patient_id"].nunique().max() > _SPARSE_FROM)
-            model = smf.mixedlm(formula, data, groups=data[groups], re_formula="1", vc_formula=vc, use_sparse=sparse)
-            result = model.fit(reml=True, method=["lbfgs", "powell"])
-            estimate = result.fe_params.to_numpy()
+            fast = _nested_fit(data, design, groups, repeats)
+            if fast is not None:
+                result, flat, span, fast_messages = fast
+            else:
+                result, flat, span = _statsmodels_fit(data, formula, groups, repeats)
+            estimate = np.asarray(result.fe_params, dtype=float)
             se = np.asarray(result.bse_fe, dtype=float)
-            flat, span = flat_site_variance(model, result)
         except (np.linalg.LinAlgError, ValueError) as exc:
             kind = "ols"
-            table, ols_note = _ols(data, design, groups, repeats, exc, level)
+            table, ols_note = site_fixed_effect_ols(data, design, groups, repeats, exc, level)
             fit_notes.append(ols_note)
         messages = _plain_messages(caught)
+    if kind == "mixedlm" and fast is not None:
+        messages = list(dict.fromkeys([*fast_messages, *messages]))
     if kind == "mixedlm":
         if messages and any("boundary" in m or "singular" in m for m in messages):
             zero = _zero_variances(result, groups)
@@ -244,37 +252,45 @@ def _fit(df: pd.DataFrame, design: pd.DataFrame, groups: str, level: float, *, m
     return kind, table, n_groups, fit_notes
 
 
-def _ols(data: pd.DataFrame, design: pd.DataFrame, groups: str, repeats: bool, reason: Exception, level: float) -> tuple[pd.DataFrame, str]:
-    """OLS with a fixed site effect; HC3 without repeated exams, CR2 by patient with them (none below MIN_CLUSTERS)."""
-    import statsmodels.api as sm
+def _nested_fit(data: pd.DataFrame, design: pd.DataFrame, groups: str, repeats: bool):
+    """The dedicated nested REML fit, its flat-likelihood check and statsmodels' warnings for the same estimates.
 
-    site_dummies = pd.get_dummies(data[groups].astype(str), prefix="_site", drop_first=True, dtype=float)
-    x = pd.concat([design, site_dummies], axis=1)
-    y = data["_y"].to_numpy(dtype=float)
-    names = list(design.columns)
-    n_clusters = int(data["patient_id"].nunique())
-    if not repeats:
-        result = sm.OLS(y, x).fit(cov_type="HC3", use_t=True)
-        est, se, dof = result.params[names].to_numpy(), result.bse[names].to_numpy(), float(result.df_resid)
-        how = "HC3 standard errors (one exam per patient: nothing to cluster)"
-    else:
-        result = sm.OLS(y, x).fit()
-        est = result.params[names].to_numpy()
-        dof = float(n_clusters - 1)
-        if n_clusters >= MIN_CLUSTERS:
-            cov = cr2_covariance(x.to_numpy(dtype=float), y - result.fittedvalues.to_numpy(), data["patient_id"].to_numpy())
-            se = np.sqrt(np.diag(cov))[: len(names)]
-            how = f"CR2 patient-clustered standard errors, t with {n_clusters - 1} df"
-        else:
-            se = np.full(len(names), np.nan)
-            how = f"no standard errors: {n_clusters} patient clusters are fewer than {MIN_CLUSTERS}"
-    q = stats.t.ppf(0.5 + level / 2.0, dof)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = 2 * stats.t.sf(np.abs(est / se), dof)
-    table = pd.DataFrame({"term": names, "estimate": est, "se": se, "ci_low": est - q * se, "ci_high": est + q * se, "p_value": p,
-                          "df": dof, "unit": "patient", "status": "estimated", "note": how})  # fmt: skip
-    fixed = " with site as a fixed effect" if site_dummies.shape[1] else ""
-    return table, f"mixed model not fitted ({reason}); OLS{fixed} and {how} instead"
+    Returns ``(fit, flat, span, messages)``, or None when the solver fails or does not converge (statsmodels then
+    fits). The messages follow statsmodels' rules so that the notes do not depend on the solver: boundary when a
+    variance is below 0.01 on the outcome scale, singular when the site variance is 0 or the patient ratio below
+    1e-10, and a Hessian whose diagonal is not negative.
+    """
+    patients = data["patient_id"].to_numpy() if repeats else None
+    try:
+        fit = fit_nested_reml(data["_y"].to_numpy(dtype=float), design.to_numpy(dtype=float), data[groups].to_numpy(), patients)
+    except np.linalg.LinAlgError as exc:
+        logger.info("nested REML solver failed (%s); statsmodels MixedLM fits instead", exc)
+        return None
+    if not fit.converged:
+        logger.info("nested REML solver did not converge; statsmodels MixedLM fits instead")
+        return None
+    with np.errstate(all="ignore"):
+        flat, span = flat_profile([reml_loglik(fit.design, (ratio, *fit.ratios[1:])) for ratio in SITE_VARIANCE_RATIOS])
+    messages = []
+    variances = np.r_[fit.cov_re.ravel(), fit.vcomp]
+    if np.min(np.abs(variances)) < _SM_BOUNDARY:
+        messages.append(_BOUNDARY_NOTE)
+    if fit.ratios[0] == 0.0 or (fit.ratios.size > 1 and fit.ratios[1] < 1e-10) or not fit.hessian_diagonal_ok:
+        messages.append(_SINGULAR_NOTE)
+    return fit, flat, span, messages
+
+
+def _statsmodels_fit(data: pd.DataFrame, formula: str, groups: str, repeats: bool):
+    """statsmodels MixedLM (REML, L-BFGS then Powell) and its flat-likelihood check: ``(result, flat, span)``."""
+    vc = {"patient": "0 + C(patient_id)"} if repeats else None
+    # re_formula="1" keeps the random site intercept: statsmodels drops it when vc_formula is given
+    # alone. A sparse patient design gives identical estimates; it is 2-3x faster with hundreds of
+    # patients per site and slower (overhead) with few.
+    sparse = bool(repeats and data.groupby(groups)["patient_id"].nunique().max() > _SPARSE_FROM)
+    model = smf.mixedlm(formula, data, groups=data[groups], re_formula="1", vc_formula=vc, use_sparse=sparse)
+    result = model.fit(reml=True, method=["lbfgs", "powell"])
+    flat, span = flat_site_variance(model, result)
+    return result, flat, span
 
 
 def _zero_variances(result, groups: str) -> list[str]:

@@ -5,14 +5,24 @@ so every stratum is present in every resample) and keeps all of a drawn patient'
 mean is ``(W @ sums) / (W @ counts)`` where ``W`` (B x P) holds how often each patient was drawn and
 ``sums``/``counts`` (P x K) hold each patient's value sum and case count for K (structure, metric)
 columns at once: no per-resample Python loop, and one weight matrix serves every column.
+
+Memory is bounded: resamples are drawn in blocks of rows (:data:`BLOCK_DRAWS` draws per block, 32-bit
+indices), so 2,000 resamples of 60,000 patients never hold the full B x P matrix (960 MB as float64). The
+generator's stream is consumed in the same order as one ``integers`` call of shape (B, n), so for a given seed the
+resamples are identical to those of the unblocked code, and so are the resampled means, bit for bit, when that
+code runs with one BLAS thread (tested). The products run on one BLAS thread: with several, OpenBLAS changes the
+last bits of such products with the thread count (the unblocked code's means differed by ~1e-17 between
+``OPENBLAS_NUM_THREADS=1`` and 2) and spends 2-8 times the CPU time on a loaded machine.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 from scipy import special
+from threadpoolctl import ThreadpoolController
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +34,16 @@ __all__ = [
     "bca_interval",
     "merge_small_strata",
     "MIN_STRATUM_PATIENTS",
+    "BLOCK_DRAWS",
 ]
 
 #: A stratum needs at least this many patients to be resampled on its own: a one-patient stratum is the same
 #: patient in every resample and would add no variance (intervals too narrow). Smaller strata are merged.
 MIN_STRATUM_PATIENTS = 2
+#: Patient draws per block of resamples (rows x draws per row; at least 64 rows): a few MB of indices and weights
+#: per block, so the block's counts stay in cache, whatever the number of patients or resamples.
+BLOCK_DRAWS = 1 << 18
+_ROW_ALIGN = 64
 
 
 def merge_small_strata(strata: np.ndarray, min_size: int = MIN_STRATUM_PATIENTS) -> tuple[np.ndarray, list[int]]:
@@ -76,14 +91,38 @@ def patient_weights(rng: np.random.Generator, n_patients: int, n_resamples: int,
     """Draw counts ``W`` (n_resamples x n_patients): patient ``j`` drawn ``W[b, j]`` times in resample ``b``.
 
     Each row sums to ``n_draws`` (default ``n_patients``: a bootstrap sample of the same size as the data).
+    The whole matrix is returned; :func:`cluster_bootstrap_means` uses the same draws block by block.
+
+    Examples
+    --------
+    >>> w = patient_weights(np.random.default_rng(0), 5, 3)
+    >>> w.shape, w.sum(axis=1).tolist()
+    ((3, 5), [5.0, 5.0, 5.0])
+    """
+    blocks = [w for _, w in _weight_blocks(rng, n_patients, n_resamples, n_draws)]
+    return np.concatenate(blocks) if blocks else np.zeros((0, n_patients))
+
+
+def _weight_blocks(rng: np.random.Generator, n_patients: int, n_resamples: int, n_draws: int | None = None):
+    """Yield ``(first_row, W_block)``: consecutive row blocks of the weight matrix of :func:`patient_weights`.
+
+    The rows are drawn with one ``integers`` call per block; ``Generator.integers`` fills row-major from one
+    stream, so the blocks concatenate to exactly the draws of a single (B, n) call (32- and 64-bit indices
+    give the same values for ranges below 2**32).
     """
     if n_patients < 1:
         raise ValueError(f"n_patients: must be at least 1; found {n_patients}")
     n_draws = n_patients if n_draws is None else int(n_draws)
-    draws = rng.integers(0, n_patients, size=(n_resamples, n_draws))
-    offsets = (np.arange(n_resamples) * n_patients)[:, None]
-    counts = np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_patients)
-    return counts.reshape(n_resamples, n_patients).astype(np.float64)
+    index = np.int32 if n_patients < 2**31 else np.int64
+    # whole multiples of _ROW_ALIGN rows: the matrix product then runs every row through the same BLAS kernel
+    # (row tiles of 4-16) as one product over all B rows, so the means are bit-identical to one unblocked product
+    rows = max(_ROW_ALIGN, BLOCK_DRAWS // max(n_draws, n_patients, 1) // _ROW_ALIGN * _ROW_ALIGN)
+    for start in range(0, n_resamples, rows):
+        b = min(rows, n_resamples - start)
+        draws = rng.integers(0, n_patients, size=(b, n_draws), dtype=index).astype(np.intp)
+        draws += (np.arange(b, dtype=np.intp) * n_patients)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=b * n_patients)
+        yield start, counts.reshape(b, n_patients).astype(np.float64)
 
 
 def cluster_bootstrap_means(
@@ -124,18 +163,35 @@ def cluster_bootstrap_means(
     numerator = np.zeros((n_resamples, sums.shape[1]))
     denominator = np.zeros((n_resamples, sums.shape[1]))
     stratified = np.unique(strata).size > 1
-    for stratum in np.unique(strata):
-        idx = np.flatnonzero(strata == stratum)
-        if stratified and idx.size >= 2:
-            # n_h - 1 draws rescaled by n_h / (n_h - 1) (McCarthy and Snowden 1985): an unbiased variance of the
-            # stratum mean even for small strata, where n_h draws understate it by the factor (n_h - 1) / n_h
-            weights = patient_weights(rng, idx.size, n_resamples, idx.size - 1) * (idx.size / (idx.size - 1))
-        else:
-            weights = patient_weights(rng, idx.size, n_resamples)
-        numerator += weights @ sums[idx]
-        denominator += weights @ counts[idx]
+    # (rows x P) @ (P x K) with few columns is memory-bound: BLAS threads only contend (2-8x the CPU time on a
+    # loaded 2-core machine, docs/performance.md), and one thread makes the last bits independent of the machine
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        _accumulate(sums, counts, strata, stratified, n_resamples, rng, numerator, denominator)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _accumulate(sums: np.ndarray, counts: np.ndarray, strata: np.ndarray, stratified: bool, n_resamples: int, rng: np.random.Generator,
+                numerator: np.ndarray, denominator: np.ndarray) -> None:  # fmt: skip
+    """Add each stratum's resampled sums and counts into ``numerator`` and ``denominator`` (B x K), block by block."""
+    for stratum in np.unique(strata):
+        idx = np.flatnonzero(strata == stratum)
+        s_h, c_h = sums[idx], counts[idx]
+        # n_h - 1 draws rescaled by n_h / (n_h - 1) (McCarthy and Snowden 1985): an unbiased variance of the
+        # stratum mean even for small strata, where n_h draws understate it by the factor (n_h - 1) / n_h
+        rescaled = stratified and idx.size >= 2
+        n_draws = idx.size - 1 if rescaled else idx.size
+        for start, weights in _weight_blocks(rng, idx.size, n_resamples, n_draws):
+            if rescaled:
+                weights *= idx.size / (idx.size - 1)
+            rows = slice(start, start + weights.shape[0])
+            numerator[rows] += weights @ s_h
+            denominator[rows] += weights @ c_h
 
 
 def jackknife_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

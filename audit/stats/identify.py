@@ -27,12 +27,15 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["site_level_design_columns", "single_site_indicators", "between_site_df", "flat_site_variance", "cr2_covariance", "MIN_CLUSTERS", "FLAT_LOGLIK"]
+__all__ = ["site_level_design_columns", "single_site_indicators", "between_site_df", "flat_site_variance", "flat_profile", "cr2_covariance",
+           "MIN_CLUSTERS", "FLAT_LOGLIK", "SITE_VARIANCE_RATIOS"]  # fmt: skip
 
 #: Fewest clusters for which a cluster-robust (CR2) standard error is reported.
 MIN_CLUSTERS = 10
 #: A log-likelihood range (over site-variance ratios 1e-4 .. 1e2) below this is flat: the variance is not identified.
 FLAT_LOGLIK = 0.5
+#: Site-variance ratios (to the residual variance) at which the REML log-likelihood is profiled.
+SITE_VARIANCE_RATIOS = (1e-4, 1e-2, 1.0, 1e2)
 _RTOL = 1e-8
 
 
@@ -104,13 +107,24 @@ def flat_site_variance(model, result) -> tuple[bool, float]:
 
     fitted = result.params_object
     values = []
-    for ratio in (1e-4, 1e-2, 1.0, 1e2):
+    for ratio in SITE_VARIANCE_RATIOS:
         cov_re = np.atleast_2d(np.asarray(fitted.cov_re, dtype=float)).copy()
         cov_re[0, 0] = ratio
         params = MixedLMParams.from_components(fe_params=np.asarray(fitted.fe_params), cov_re=cov_re, vcomp=np.asarray(fitted.vcomp))
         with np.errstate(all="ignore"):
             values.append(float(model.loglike(params, profile_fe=True)))
-    finite = [v for v in values if np.isfinite(v)]
+    return flat_profile(values)
+
+
+def flat_profile(values) -> tuple[bool, float]:
+    """``(flat, range)`` of profiled log-likelihood values: the range of the finite ones, flat below :data:`FLAT_LOGLIK`.
+
+    Examples
+    --------
+    >>> flat_profile([-10.0, -10.1, -10.2, float("nan")])
+    (True, 0.1999999999999993)
+    """
+    finite = [float(v) for v in values if np.isfinite(v)]
     span = max(finite) - min(finite) if len(finite) >= 2 else math.nan
     return bool(np.isfinite(span) and span < FLAT_LOGLIK), span
 

@@ -15,7 +15,7 @@ import pytest
 from audit.evaluate import EvaluationSettings, evaluate_case, metric_names
 from audit.execution import ExecutionSettings, open_executor
 from audit.metrics import EmptyPolicy
-from audit.pipeline import resolve_sites
+from audit.sites import resolve_sites
 from audit.protocol import load_protocol
 from audit.runfolder import RunFolder
 

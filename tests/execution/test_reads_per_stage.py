@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from audit.cli import demo_protocol_path
-from audit.pipeline import StageContext, run_audit, stage_checks, stage_inference, stage_metrics
+from audit.pipeline import run_audit
+from audit.stages import StageContext, stage_checks, stage_inference, stage_metrics
 from audit.protocol import load_protocol
 from audit.runfolder import RunFolder
 

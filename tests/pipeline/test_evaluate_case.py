@@ -107,7 +107,7 @@ def test_metric_names_expand_nsd_tolerances():
 def test_failed_cases_without_manifest_rows_get_unique_placeholder_rows():
     import pandas as pd
 
-    from audit.pipeline import _failed_manifest_rows
+    from audit.stages import _failed_manifest_rows
     from audit.records import CaseFailure
 
     manifest = pd.DataFrame({"case_id": ["S/ok"]})

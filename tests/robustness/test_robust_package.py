@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from audit.cli import app
 from audit.report import verify_package
-from audit.report.package import MAX_MEMBER_BYTES
+from audit.report.verify import MAX_MEMBER_BYTES
 
 _CHUNK = 1 << 24  # 16 MiB of zeros deflate to 16,315 bytes at level 9
 

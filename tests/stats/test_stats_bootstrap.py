@@ -63,3 +63,37 @@ def test_empty_column_gives_nan_not_error():
     assert np.isnan(boot).all()
     lo, hi = percentile_interval(boot, 0.95)
     assert np.isnan(lo[0]) and np.isnan(hi[0])
+
+
+def unblocked_reference_means(sums: np.ndarray, counts: np.ndarray, n_resamples: int, rng: np.random.Generator, strata: np.ndarray) -> np.ndarray:
+    """The bootstrap as written before blocking (one (B, n) int64 draw and one B x P float64 matrix per stratum)."""
+    numerator = np.zeros((n_resamples, sums.shape[1]))
+    denominator = np.zeros((n_resamples, sums.shape[1]))
+    for stratum in np.unique(strata):
+        idx = np.flatnonzero(strata == stratum)
+        n, draws_per_row = idx.size, idx.size - 1
+        draws = rng.integers(0, n, size=(n_resamples, draws_per_row))
+        w = np.bincount((draws + (np.arange(n_resamples) * n)[:, None]).ravel(), minlength=n_resamples * n)
+        w = w.reshape(n_resamples, n).astype(np.float64) * (n / (n - 1))
+        numerator += w @ sums[idx]
+        denominator += w @ counts[idx]
+    return numerator / denominator
+
+
+def test_blocked_resamples_are_identical_to_one_unblocked_draw(monkeypatch):
+    """Blocks of 64 resamples (forced: BLOCK_DRAWS = 1) draw the same stream as one (B, n) call: the weights are
+    equal and the resampled means are bit-identical to the previous unblocked code for the same seed (run, like the
+    blocked code, with one BLAS thread), with a resample count (1000) that is not a multiple of the block rows."""
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr("audit.stats.bootstrap.BLOCK_DRAWS", 1)
+    rng = np.random.default_rng(7)
+    sums, counts = rng.normal(size=(500, 3)), rng.integers(1, 4, size=(500, 3)).astype(float)
+    strata = rng.integers(0, 4, 500)
+    full = np.random.default_rng(3).integers(0, 37, size=(1000, 37))
+    expected_w = np.stack([np.bincount(row, minlength=37) for row in full]).astype(float)
+    np.testing.assert_array_equal(patient_weights(np.random.default_rng(3), 37, 1000), expected_w)
+    blocked = cluster_bootstrap_means(sums, counts, n_resamples=1000, rng=np.random.default_rng(11), strata=strata)
+    with threadpool_limits(limits=1, user_api="blas"):
+        reference = unblocked_reference_means(sums, counts, 1000, np.random.default_rng(11), strata)
+    np.testing.assert_array_equal(blocked, reference)
