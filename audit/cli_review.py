@@ -76,7 +76,7 @@ def verify(
     secret = read_key(key) if key is not None else None
     result = verify_package(zip_path, key=secret)
     if result.ok:
-        console.print(f"[green]OK[/green]: {zip_path} ({result.signature})")
+        console.print(f"[green]OK[/green]: {zip_path} ({result.signature})", soft_wrap=True)
         return
     for problem in result.problems:
         console.print(f"[red]problem:[/red] {problem}", soft_wrap=True)

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from audit import ontology
-from audit.harmonize.loading import ReadLimits, load_label_array
+from audit.harmonize.limits import ReadLimits
+from audit.harmonize.loading import load_label_array
 from audit.metrics import EmptyPolicy, compute_case_metrics, load_labels_with_affine
 from audit.records import CaseFailure, not_assessed_rows
 

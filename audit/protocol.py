@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from audit import ontology
-from audit.harmonize.loading import ReadLimits
+from audit.harmonize.limits import ReadLimits
 from audit.errors import ProtocolError
 from audit.execution.settings import ExecutionSettings, validate_execution
 from audit.protocol_checks import check_names, validate_against_manifest, validate_inputs

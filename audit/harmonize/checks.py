@@ -26,17 +26,8 @@ import nibabel as nib
 import numpy as np
 
 from audit.harmonize.labels import label_value_counts, resolve_label_map, unknown_labels_error
-from audit.harmonize.loading import (
-    CorruptImageError,
-    ImageDataError,
-    ImageTooLargeError,
-    NiftiData,
-    NiftiHeader,
-    ReadLimits,
-    load_label_array,
-    load_nifti,
-    read_header,
-)
+from audit.harmonize.limits import ImageTooLargeError, ReadLimits
+from audit.harmonize.loading import CorruptImageError, ImageDataError, NiftiData, NiftiHeader, load_label_array, load_nifti, read_header
 from audit.ontology import LabelMap
 from audit.records import CaseFailure
 

@@ -25,7 +25,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from audit.harmonize.loading import ReadLimits, load_nifti
+from audit.harmonize.limits import ReadLimits
+from audit.harmonize.loading import load_nifti
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from audit.harmonize.geometry import Volume, resample_to_grid, save_volume, volume_from_bytes
-from audit.harmonize.loading import ReadLimits, load_label_array, read_file_bytes, read_header
+from audit.harmonize.limits import ReadLimits
+from audit.harmonize.loading import load_label_array, read_file_bytes, read_header
 from audit.inference.cache import cache_key, cache_path, clean_temporary_files
 from audit.inference.loaders import LoadedModel
 from audit.inference.predict import prepare_image, predict_labels_with_retry
@@ -233,7 +234,7 @@ def run_inference(
         Called as ``progress(done, total)`` after each case.
     limits : ReadLimits, optional
         Per-file voxel and memory budget, checked from each header before its voxels are read
-        (default :class:`~audit.harmonize.loading.ReadLimits`).
+        (default :class:`~audit.harmonize.limits.ReadLimits`).
 
     Yields
     ------

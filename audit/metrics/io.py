@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.harmonize.loading import ReadLimits, load_label_array
+from audit.harmonize.limits import ReadLimits
+from audit.harmonize.loading import load_label_array
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from audit.harmonize.loading import ReadLimits, load_nifti
+from audit.harmonize.limits import ReadLimits
+from audit.harmonize.loading import load_nifti
 from audit.ontology import LabelMap, remap_labels
 from audit.records import EVALUABLE_STATUSES
 from audit.report.figures import OKABE_ITO

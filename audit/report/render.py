@@ -37,7 +37,7 @@ from audit.report.figures import (
 from audit.report.findings import Ref, key_findings
 from audit.report.flags import adjusted_flags, site_level_axes
 from audit.report.formatting import format_value
-from audit.harmonize.loading import ReadLimits
+from audit.harmonize.limits import ReadLimits
 from audit.report.gallery import case_figure, worst_cases
 from audit.report.redact import redact_paths
 from audit.report.vertebrae import vertebra_section

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.harmonize.checks import DEFAULT_ATOL_DIRECTION, DEFAULT_ATOL_MM, check_case
-from audit.harmonize.loading import ReadLimits
+from audit.harmonize.limits import ReadLimits
 from audit.records import DEFAULT_AGE_BAND_EDGES, CaseFailure, ManifestRow, age_bands
 from audit.sites.base import SiteDataError
 from audit.sites.config import SiteConfig

@@ -44,7 +44,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from audit.harmonize.geometry import LPS_TO_RAS
-from audit.harmonize.loading import ReadLimits, check_budget
+from audit.harmonize.limits import ReadLimits, check_budget
 from audit.harmonize.metadata import normalize_ethnicity
 from audit.harmonize.privacy import PSEUDONYM_KEY_ENV, pseudonymize
 from audit.records import UNKNOWN, CaseFailure
@@ -120,7 +120,7 @@ def series_geometry(headers: list[Any]) -> tuple[np.ndarray, list[int]]:
 
 
 def _check_series_budget(headers: list[Any], folder: Path) -> None:
-    """The voxel budget (:func:`audit.harmonize.loading.check_budget`, default limits) from Rows x Columns x slices.
+    """The voxel budget (:func:`audit.harmonize.limits.check_budget`, default limits) from Rows x Columns x slices.
 
     Checked before any pixel data is decoded, so a series declaring a huge matrix (or compressed frames that
     would inflate past the budget) fails the case instead of exhausting memory.

@@ -9,15 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from audit.harmonize.loading import (
-    CorruptImageError,
-    ImageDataError,
-    ImageTooLargeError,
-    ReadLimits,
-    load_label_array,
-    load_nifti,
-    read_header,
-)
+from audit.harmonize.limits import ImageTooLargeError, ReadLimits
+from audit.harmonize.loading import CorruptImageError, ImageDataError, load_label_array, load_nifti, read_header
 
 AFFINE = np.array([[0.0, 0.0, -3.0, 10.0], [-0.5, 0.0, 0.0, 20.0], [0.0, -0.6, 0.0, -5.0], [0.0, 0.0, 0.0, 1.0]])  # PIR
 

@@ -13,7 +13,7 @@ import pydicom
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sites"))  # the DICOM writer of the site tests
 from dicom_testlib import write_series_from_nifti  # noqa: E402
 
-from audit.harmonize.loading import DEFAULT_MAX_VOXELS  # noqa: E402
+from audit.harmonize.limits import DEFAULT_MAX_VOXELS  # noqa: E402
 from audit.sites import build_manifest, load_site_config  # noqa: E402
 
 

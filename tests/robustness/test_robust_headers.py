@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.harmonize.loading import CorruptImageError, ImageTooLargeError, ReadLimits, load_nifti
+from audit.harmonize.limits import ImageTooLargeError, ReadLimits
+from audit.harmonize.loading import CorruptImageError, load_nifti
 from robust_cohort import GOOD_PER_SITE, SITES, assert_counted, build_cohort, header_only_gz, honest_gzip_bomb, lying_gzip_bomb, plant, run_outputs, write_protocol
 
 #: The run's budget: 2e6 voxels and 4 MiB per file (the cohort's files have 960 voxels).
