@@ -101,8 +101,13 @@ def results_document(
     started: dt.datetime,
     finished: dt.datetime,
     command: str | None,
+    image_warnings: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Assemble results.json (schema in docs/report.md); ``model`` is the run folder's model.json identity."""
+    """Assemble results.json (schema in docs/report.md); ``model`` is the run folder's model.json identity.
+
+    ``image_warnings`` (case_id, site, warning) are the checks stage's per-case warnings; each joins
+    ``harmonization.warnings`` as one row naming its case, after the metadata warnings.
+    """
     versions = provenance.software_versions()
     deidentified = manifest.drop(columns=["image_path", "label_path", "prediction_path"], errors="ignore")
     synthetic_columns = list(protocol.report.synthetic_columns)
@@ -150,8 +155,16 @@ def results_document(
         "statistics": results.to_dict(),
         "failures": failure_table(failures),
         "harmonization": {
-            "warnings": metadata_warning_table(manifest),
+            "warnings": _harmonization_warnings(metadata_warning_table(manifest), image_warnings),
             "metadata_completeness": provenance.metadata_completeness(manifest, [c for c in METADATA_COLUMNS if c != "field_strength_t"]),
         },
         "warnings": warnings,
     }
+
+
+def _harmonization_warnings(metadata: pd.DataFrame, images: pd.DataFrame | None) -> pd.DataFrame:
+    """Metadata warnings (site, warning, n_cases), then one row per per-case image warning: ``case <id>: <warning>``."""
+    if images is None or images.empty:
+        return metadata
+    rows = pd.DataFrame({"site": images["site"], "warning": "case " + images["case_id"] + ": " + images["warning"], "n_cases": 1})
+    return pd.concat([metadata, rows], ignore_index=True) if len(metadata) else rows.reset_index(drop=True)

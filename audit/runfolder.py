@@ -42,7 +42,7 @@ from audit.records import FAILURE_COLUMNS, CaseFailure, failure_table, validate_
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "COHORT", "FAILURES", "LOCK", "MANIFEST", "METRICS", "METRIC_CACHE", "MODEL", "PATH_COLUMNS", "PREDICTIONS", "PROTOCOL",
+    "COHORT", "FAILURES", "IMAGE_WARNINGS", "IMAGE_WARNING_COLUMNS", "LOCK", "MANIFEST", "METRICS", "METRIC_CACHE", "MODEL", "PATH_COLUMNS", "PREDICTIONS", "PROTOCOL",
     "REPORT", "RESULTS", "STAGES", "STAGE_OUTPUTS", "STATE", "TABLES", "VERTEBRAE", "VERTEBRAE_SUMMARY", "RunFolder", "RunFolderError",
 ]  # fmt: skip
 
@@ -55,6 +55,9 @@ METRICS = "metrics.csv"
 VERTEBRAE = "vertebrae.csv"
 VERTEBRAE_SUMMARY = "vertebrae.json"
 FAILURES = "failures.csv"
+#: Per-case warnings of the checks stage (problems that do not stop a case), columns :data:`IMAGE_WARNING_COLUMNS`.
+IMAGE_WARNINGS = "image_warnings.csv"
+IMAGE_WARNING_COLUMNS = ("case_id", "site", "warning")
 RESULTS = "results.json"
 TABLES = "tables"
 REPORT = "report.html"
@@ -75,7 +78,7 @@ STAGES = ("sites", "checks", "inference", "metrics", "stats", "report")
 #: later stage first, so no output of an earlier run survives beside newer ones. Caches are never removed.
 STAGE_OUTPUTS: Mapping[str, tuple[str, ...]] = {
     "sites": (MANIFEST,),
-    "checks": (),
+    "checks": (IMAGE_WARNINGS,),
     "inference": (MODEL,),
     "metrics": (METRICS, VERTEBRAE, VERTEBRAE_SUMMARY),
     "stats": (RESULTS, TABLES),
@@ -302,6 +305,16 @@ class RunFolder:
                 table = pd.read_csv(p, dtype=str, keep_default_na=False)
                 out.extend(CaseFailure(**{c: r[c] for c in FAILURE_COLUMNS if c in r}) for r in table.to_dict("records"))
         return out
+
+    def write_image_warnings(self, rows: Sequence[tuple[str, str, str]]) -> Path:
+        """Write ``image_warnings.csv``: one (case_id, site, warning) row per warning of the checks stage."""
+        return self.write_csv(IMAGE_WARNINGS, pd.DataFrame(list(rows), columns=list(IMAGE_WARNING_COLUMNS)))
+
+    def read_image_warnings(self) -> pd.DataFrame:
+        """``image_warnings.csv`` as text columns; an empty table when the checks stage did not run (metric-table input)."""
+        if not self.has(IMAGE_WARNINGS):
+            return pd.DataFrame(columns=list(IMAGE_WARNING_COLUMNS), dtype=str)
+        return pd.read_csv(self.path(IMAGE_WARNINGS), dtype=str, keep_default_na=False)
 
     def write_tables(self, tables: Mapping[str, pd.DataFrame]) -> list[Path]:
         """Write each table to ``tables/<name>.csv`` (and ``.parquet`` when pyarrow is installed), atomically."""

@@ -206,14 +206,27 @@ def stage_checks(ctx: StageContext) -> None:
     if ctx.protocol.input == "metrics":
         return None  # no images to check
     site_maps = _site_label_maps(ctx)
+    expect_hu = _model_expects_hounsfield(ctx.protocol)
     failures: list[CaseFailure] = []
+    warnings: list[tuple[str, str, str]] = []
     rows = [r for r in manifest.itertuples(index=False) if r.case_id not in failed]
-    jobs = (((r.case_id, r.image_path, r.label_path, site_maps[r.site]), {"site": r.site, "limits": ctx.protocol.limits}) for r in rows)
-    for i, check in enumerate(map_cases(check_case, jobs, workers=ctx.workers, executor=ctx.executor)):
+    jobs = (((r.case_id, r.image_path, r.label_path, site_maps[r.site]), {"site": r.site, "limits": ctx.protocol.limits,
+                                                                          "expect_hounsfield": expect_hu}) for r in rows)  # fmt: skip
+    for i, (r, check) in enumerate(zip(rows, map_cases(check_case, jobs, workers=ctx.workers, executor=ctx.executor))):
         failures.extend(check.failures)
+        warnings.extend((r.case_id, r.site, w) for w in check.warnings)
         ctx.progress("checks", i + 1, len(rows))
     _write_failures(ctx, "checks", failures, manifest)
+    ctx.folder.write_image_warnings(warnings)
     return None
+
+
+def _model_expects_hounsfield(protocol: Protocol) -> bool:
+    """Whether the model maps fixed HU ranges (its images are then checked for Hounsfield units)."""
+    from audit.inference import model_spec_from_dict
+
+    spec = model_spec_from_dict(protocol.model, base_dir=Path(protocol.base_dir))
+    return spec.preprocessing.intensity.expects_hounsfield
 
 
 def model_identity(model: Any) -> dict[str, Any]:
@@ -361,6 +374,7 @@ def stage_stats(ctx: StageContext) -> None:
     document = results_document(
         protocol=protocol, model=folder.read_model(), manifest=manifest, metric_table=metric_table, names=names, results=results,
         table1=table1, failures=failures, started=ctx.started, finished=dt.datetime.now(dt.timezone.utc), command=ctx.command,
+        image_warnings=folder.read_image_warnings(),
     )  # fmt: skip
     tables = {name: getattr(results, name) for name in ("overall", "group_estimates", "gaps", "equivalence", "power", "adjusted", "acceptance", "new_site")}
     folder.write_tables({**tables, "table1": table1})

@@ -25,6 +25,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from audit.harmonize.intensity import hounsfield_warnings
 from audit.harmonize.labels import label_value_counts, resolve_label_map, unknown_labels_error
 from audit.harmonize.limits import ImageTooLargeError, ReadLimits
 from audit.harmonize.loading import CorruptImageError, ImageDataError, NiftiData, NiftiHeader, load_label_array, load_nifti, read_header
@@ -175,6 +176,9 @@ class CaseCheck:
         Label values outside the label map.
     shape, spacing_mm, axcodes
         Geometry of the image (``None`` when it could not be read).
+    warnings : tuple of str
+        Problems that do not stop the case (e.g. an image that does not look like Hounsfield units for a model that
+        expects them); recorded per case, shown in the report's data-quality section.
     """
 
     case_id: str
@@ -184,6 +188,7 @@ class CaseCheck:
     shape: tuple[int, ...] | None = None
     spacing_mm: tuple[float, ...] | None = None
     axcodes: str | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -202,8 +207,13 @@ def check_case(
     atol_mm: float = DEFAULT_ATOL_MM,
     atol_direction: float = DEFAULT_ATOL_DIRECTION,
     limits: ReadLimits | None = None,
+    expect_hounsfield: bool = False,
 ) -> CaseCheck:
     """Run the voxel-level checks of one case; each problem becomes a :class:`CaseFailure`.
+
+    With ``expect_hounsfield`` (the model maps fixed HU ranges, :data:`audit.harmonize.intensity.HOUNSFIELD_METHODS`)
+    the image is also checked by :func:`~audit.harmonize.intensity.hounsfield_warnings`; what it finds is a warning of
+    the case (``CaseCheck.warnings``), not a failure (a crop of bone alone has no air).
 
     Checks, in order: the image and the label read completely under the ``limits`` budget and are usable
     (:func:`~audit.harmonize.loading.load_nifti`: sform or qform present, finite non-singular affine, 3-D,
@@ -213,6 +223,7 @@ def check_case(
     """
     lmap = resolve_label_map(label_map)
     failures: list[CaseFailure] = []
+    warnings: tuple[str, ...] = ()
     image = label = label_data = None
     for role, path in (("image", image_path), ("label", label_path)):
         try:
@@ -226,6 +237,8 @@ def check_case(
             continue
         if role == "image":
             image = data
+            if expect_hounsfield:
+                warnings = tuple(hounsfield_warnings(array))
         else:
             label, label_data = data, array
     shape = spacing = axcodes = None
@@ -254,4 +267,4 @@ def check_case(
                 f"structure (mapped values {sorted(lmap.values)}; values found {seen}); an empty reference cannot score a model"
             )
             failures.append(CaseFailure.from_exception(case_id, stage, exc, site=site))
-    return CaseCheck(case_id, tuple(failures), counts, unknown, shape, spacing, axcodes)
+    return CaseCheck(case_id, tuple(failures), counts, unknown, shape, spacing, axcodes, warnings)

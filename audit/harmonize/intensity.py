@@ -46,6 +46,7 @@ __all__ = [
     "to_hounsfield",
     "hu_window",
     "hounsfield_warnings",
+    "HOUNSFIELD_METHODS",
 ]
 
 #: ``none``: cast only; ``zscore``: whole-image z-score; ``foreground_zscore``: z-score with the mean and
@@ -55,6 +56,8 @@ __all__ = [
 #: ``[hu_min, hu_max]`` HU and scale to [0, 1]; ``ct_clip_zscore``: clip to ``[hu_min, hu_max]`` HU, then
 #: ``(x - mean) / std`` with fixed training statistics.
 INTENSITY_METHODS: tuple[str, ...] = ("none", "zscore", "foreground_zscore", "percentile_zscore", "nyul", "ct_window", "ct_clip_zscore")
+#: The methods that expect Hounsfield units (fixed HU maps): their input images are checked by :func:`hounsfield_warnings`.
+HOUNSFIELD_METHODS: tuple[str, ...] = ("ct_window", "ct_clip_zscore")
 
 DEFAULT_NYUL_PERCENTILES: tuple[float, ...] = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
 
@@ -224,6 +227,11 @@ class IntensitySpec:
                 f"preprocessing.intensity: method 'ct_clip_zscore' needs the training mean and std > 0 (HU); found mean={self.mean}, std={self.std}"
             )
 
+    @property
+    def expects_hounsfield(self) -> bool:
+        """True for the methods of :data:`HOUNSFIELD_METHODS` (a fixed HU map)."""
+        return self.method in HOUNSFIELD_METHODS
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (also the cache key part for intensity)."""
         d: dict[str, Any] = {"method": self.method}
@@ -231,7 +239,7 @@ class IntensitySpec:
             d.update(lower=self.lower, upper=self.upper)
         if self.nyul is not None:
             d["nyul"] = self.nyul.to_dict()
-        if self.method in ("ct_window", "ct_clip_zscore"):
+        if self.expects_hounsfield:
             d.update(hu_min=self.hu_min, hu_max=self.hu_max)
         if self.method == "ct_clip_zscore":
             d.update(mean=self.mean, std=self.std)
