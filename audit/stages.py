@@ -74,7 +74,7 @@ def prepare_cohort(protocol: Protocol, folder: RunFolder, *, workers: int = 1) -
     settings = protocol.synthetic_cohort
     if settings is None:
         return None
-    from audit import synthetic
+    from audit.synthetic.cohort import generate_protocol_cohort
 
     cohort_dir = folder.cohort_dir
     if (cohort_dir / "cohort.json").is_file():
@@ -84,18 +84,7 @@ def prepare_cohort(protocol: Protocol, folder: RunFolder, *, workers: int = 1) -
             return cohort_dir
         logger.warning("synthetic_cohort changed since the cohort in %s was generated: regenerating it", cohort_dir)
         shutil.rmtree(cohort_dir)
-    if settings.modality == "ct":  # the synthetic CT cohort (issue #15); hard_site names a CT source
-        from audit.synthetic.ct_cohort import generate_ct_cohort
-
-        generate_ct_cohort(cohort_dir, n_cases=settings.n_cases, seed=settings.seed, hard_source=settings.hard_site)
-        return cohort_dir
-    planted = synthetic.PlantedEffects(hard_site=settings.hard_site, age_effect=settings.age_effect)
-    sites = synthetic.null_sites() if settings.null_sites else synthetic.DEFAULT_SITES
-    synthetic.generate_cohort(
-        cohort_dir, n_cases=settings.n_cases, seed=settings.seed, sites=sites, planted=planted, repeat_fraction=settings.repeat_fraction,
-        workers=workers,
-    )
-    return cohort_dir
+    return generate_protocol_cohort(settings, cohort_dir, workers=workers)
 
 
 def _site_configs(ctx: StageContext) -> dict[str, Any]:

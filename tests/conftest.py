@@ -29,6 +29,12 @@ DEMO_CASES, DEMO_SEED = 16, 3
 
 
 @pytest.fixture(scope="session")
+def demo_size() -> tuple[int, int]:
+    """(cases, seed) of the shared :func:`demo_run` (a fixture, so tests never import this conftest by name)."""
+    return DEMO_CASES, DEMO_SEED
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> tuple[Path, str]:
     """One `spine-audit demo` run on a tiny cohort, shared by the end-to-end and report tests (~15 s)."""
     from audit.cli import app

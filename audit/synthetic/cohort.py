@@ -28,11 +28,11 @@ import yaml
 
 from audit.synthetic.cases import STREAM_COHORT_CASE, STREAM_COHORT_PLAN, case_rng, generate_case
 from audit.synthetic.demographics import Patient, draw_patients, metadata_row
-from audit.synthetic.profiles import DEFAULT_SITES, PlantedEffects, SiteProfile
+from audit.synthetic.profiles import DEFAULT_SITES, PlantedEffects, SiteProfile, null_sites
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GENERATOR_VERSION", "CohortInfo", "CaseSpec", "plan_cohort", "generate_cohort", "load_truth", "cohort_case_files"]
+__all__ = ["GENERATOR_VERSION", "CohortInfo", "CaseSpec", "plan_cohort", "generate_cohort", "generate_protocol_cohort", "load_truth", "cohort_case_files"]
 
 GENERATOR_VERSION = "1.0"
 _MISSABLE = ("age", "sex", "race", "ethnicity")
@@ -301,3 +301,22 @@ def load_truth(cohort_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"load_truth: no cohort.json in {str(cohort_dir)!r}")
     cases = json.loads(path.read_text())["cases"]
     return pd.json_normalize(cases, max_level=1)
+
+
+def generate_protocol_cohort(settings: Any, out_dir: str | Path, *, workers: int = 1) -> Path:
+    """Write the cohort a protocol's ``synthetic_cohort`` section describes (MRI, or CT with ``modality: ct``).
+
+    ``settings`` is an :class:`audit.protocol.SyntheticCohortSettings`; for CT, ``hard_site`` names the planted hard
+    source (:func:`audit.synthetic.ct_cohort.generate_ct_cohort`). Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    if settings.modality == "ct":
+        from audit.synthetic.ct_cohort import generate_ct_cohort
+
+        generate_ct_cohort(out_dir, n_cases=settings.n_cases, seed=settings.seed, hard_source=settings.hard_site)
+        return out_dir
+    planted = PlantedEffects(hard_site=settings.hard_site, age_effect=settings.age_effect)
+    sites = null_sites() if settings.null_sites else DEFAULT_SITES
+    generate_cohort(out_dir, n_cases=settings.n_cases, seed=settings.seed, sites=sites, planted=planted, repeat_fraction=settings.repeat_fraction,
+                    workers=workers)
+    return out_dir

@@ -15,14 +15,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+
 from audit.label_maps import get_label_map
 from audit.ontology import remap_labels
 from audit.protocol import load_protocol
 from audit.provenance import sha256_table
+from audit.records import EVALUABLE_STATUSES as EVALUABLE
 
 REPO = Path(__file__).resolve().parents[2]
-from conftest import DEMO_CASES as N_CASES, DEMO_SEED as SEED  # noqa: E402
-from audit.records import EVALUABLE_STATUSES as EVALUABLE  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -46,18 +46,20 @@ def test_demo_writes_report_results_and_tables_and_says_where(demo_run):
     assert (run / "report.html").stat().st_size > 10_000
 
 
-def test_cohort_has_the_promised_variety(results):
+def test_cohort_has_the_promised_variety(results, demo_size):
+    n_cases, _ = demo_size
     table1 = pd.DataFrame(results["cohort"]["table1"])
     groups = lambda axis: set(table1.loc[table1["axis"] == axis, "group"])  # noqa: E731
     assert len(groups("site")) >= 3 and len(groups("vendor") - {"Unknown"}) >= 2
     assert {"1.5T", "3T"} <= groups("field_strength")
-    assert results["data"]["n_cases"] == N_CASES
+    assert results["data"]["n_cases"] == n_cases
 
 
-def test_every_case_is_in_the_metric_table(analysis, results):
-    assert analysis["case_id"].nunique() == N_CASES == results["data"]["n_cases"]
+def test_every_case_is_in_the_metric_table(analysis, results, demo_size):
+    n_cases, _ = demo_size
+    assert analysis["case_id"].nunique() == n_cases == results["data"]["n_cases"]
     structures = results["metrics"]["structures"]
-    assert len(analysis) == N_CASES * len(structures) * len(results["metrics"]["names"])
+    assert len(analysis) == n_cases * len(structures) * len(results["metrics"]["names"])
 
 
 @pytest.mark.parametrize("axis", ["site", "vendor", "field_strength", "sex"])
@@ -111,9 +113,10 @@ def test_planted_hard_site_is_found(results):
     assert disc.loc["site-D", "mean"] < disc.drop(index="site-D")["mean"].min() - 0.1
 
 
-def test_provenance_hashes_are_reproducible(demo_run, results):
+def test_provenance_hashes_are_reproducible(demo_run, results, demo_size):
+    n_cases, seed = demo_size
     protocol = load_protocol(REPO / "protocols" / "demo.yaml")
-    cohort = dataclasses.replace(protocol.synthetic_cohort, n_cases=N_CASES, seed=SEED)
+    cohort = dataclasses.replace(protocol.synthetic_cohort, n_cases=n_cases, seed=seed)
     assert results["protocol_sha256"] == dataclasses.replace(protocol, synthetic_cohort=cohort).sha256
     manifest = pd.read_csv(demo_run[0] / "manifest.csv")
     deidentified = manifest.drop(columns=["image_path", "label_path", "prediction_path"])
